@@ -1,0 +1,108 @@
+"""Coordinator settings: built-in defaults < ``coordinator.json`` < environment < explicit overrides.
+
+pi reads the same file and variables; a value that is not a positive integer
+is ignored (the lower layer's value stays in force) and reported with where it
+came from, so a typo never crashes an instance or silently changes a limit.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+from typing import Any
+
+from .models import CoordinatorConfig
+from .store import Store, StoreError
+
+ENV_VARS = {
+    "total_max_llm": "PI_TOTAL_MAX_LLM",
+    "heartbeat_interval_ms": "PI_HEARTBEAT_INTERVAL_MS",
+    "heartbeat_timeout_ms": "PI_HEARTBEAT_TIMEOUT_MS",
+}
+ENV_WORK_STEALING = "PI_ENABLE_WORK_STEALING"
+FILE_KEYS = {"totalMaxLlm": "total_max_llm", "heartbeatIntervalMs": "heartbeat_interval_ms", "heartbeatTimeoutMs": "heartbeat_timeout_ms"}
+
+
+def _positive_int(value: Any) -> int | None:
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value if value > 0 else None
+    if isinstance(value, float) and value.is_integer() and value > 0:
+        return int(value)
+    return None
+
+
+def env_overrides(env: Mapping[str, str] | None = None) -> tuple[dict[str, int], list[str]]:
+    """Settings from ``PI_TOTAL_MAX_LLM`` and friends, and a note for each value ignored."""
+    env = os.environ if env is None else env
+    values: dict[str, int] = {}
+    problems: list[str] = []
+    for field, var in ENV_VARS.items():
+        raw = env.get(var)
+        if raw is None or raw == "":
+            continue
+        text = raw.strip()
+        if text.isascii() and text.isdigit() and int(text) > 0:
+            values[field] = int(text)
+        else:
+            problems.append(f"environment {var}={raw!r}: not a positive integer; ignored")
+    return values, problems
+
+
+def file_settings(store: Store) -> tuple[dict[str, int], list[str]]:
+    """Settings from ``coordinator.json``, and a note for each key or value ignored."""
+    source = f"{store.describe()}: coordinator.json"
+    try:
+        raw = store.read_config()
+    except StoreError as exc:
+        return {}, [f"{source}: {exc}; defaults used"]
+    if raw is None:
+        return {}, []
+    try:
+        document = json.loads(raw)
+    except (ValueError, RecursionError) as exc:
+        return {}, [f"{source}: malformed JSON ({exc}); defaults used"]
+    if not isinstance(document, dict):
+        return {}, [f"{source}: expected a JSON object; defaults used"]
+    values: dict[str, int] = {}
+    problems: list[str] = []
+    for key, field in FILE_KEYS.items():
+        if key in document:
+            value = _positive_int(document[key])
+            if value is None:
+                problems.append(f"{source}: key {key!r}: {document[key]!r} is not a positive integer; ignored")
+            else:
+                values[field] = value
+    return values, problems
+
+
+def load_config(
+    store: Store,
+    overrides: Mapping[str, int] | None = None,
+    env: Mapping[str, str] | None = None,
+) -> tuple[CoordinatorConfig, list[str]]:
+    """The effective config and every problem met while resolving it."""
+    from_file, problems = file_settings(store)
+    from_env, env_problems = env_overrides(env)
+    merged: dict[str, int] = {**from_file, **from_env}
+    for field, value in (overrides or {}).items():
+        if field not in ENV_VARS:
+            raise ValueError(f"unknown coordinator setting {field!r}")
+        checked = _positive_int(value)
+        if checked is None:
+            raise ValueError(f"{field} must be a positive integer, not {value!r}")
+        merged[field] = checked
+    config = CoordinatorConfig(**merged)
+    if config.heartbeat_timeout_ms <= config.heartbeat_interval_ms:
+        problems.append(
+            f"heartbeat timeout {config.heartbeat_timeout_ms} ms is not longer than the interval "
+            f"{config.heartbeat_interval_ms} ms: live instances will look dead"
+        )
+    return config, problems + env_problems
+
+
+def work_stealing_enabled(env: Mapping[str, str] | None = None) -> bool:
+    env = os.environ if env is None else env
+    return env.get(ENV_WORK_STEALING, "").strip().lower() != "false"

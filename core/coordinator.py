@@ -1,0 +1,510 @@
+"""The cross-instance coordinator: seed 000's API for Python agents.
+
+Registers this process in the coordination directory (or any store), keeps its
+heartbeat going on a background thread, and answers the questions pi's
+coordinator answers (how many instances are alive, what is my share of the
+fleet's LLM slots, which model limits apply, whom can I steal work from) with
+pi's own arithmetic (:mod:`core.semantics`), so Python and TypeScript
+instances in one directory agree.  It adds what pi lacks: atomic files,
+pid-aware dead detection, atomic locks, exactly-once steals and persisted
+stealing statistics.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import secrets
+import threading
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+from . import semantics
+from .clock import SYSTEM_CLOCK, Clock, utc_from_ms
+from .config import load_config, work_stealing_enabled
+from .locks import DEFAULT_TTL_MS, LockService, to_base36
+from .models import (
+    ActiveModelInfo,
+    BroadcastQueueState,
+    CoordinatorConfig,
+    DistributedLock,
+    InstanceInfo,
+    StealableQueueEntry,
+    StealClaim,
+    StealingStats,
+    to_epoch_ms,
+)
+from .procs import HOSTNAME, Liveness, LivenessCache, own_start_ms
+from .stealing import StealingService, StolenWork
+from .store import (
+    CLAIMS,
+    INSTANCES,
+    LOCKS,
+    QUEUES,
+    DirectoryStore,
+    RecordCache,
+    Store,
+    StoreError,
+    default_root,
+)
+
+log = logging.getLogger("pi_dash.core")
+
+_PID_IN_ID = re.compile(r"-pid(\d+)-")
+TEMP_FILE_MAX_AGE_MS = 60_000
+
+
+class NotRegistered(RuntimeError):
+    """An operation that needs this instance's identity was called before :meth:`Coordinator.register`."""
+
+
+def generate_instance_id(session_id: str, pid: int, now_ms: int) -> str:
+    """pi's id: ``sess-{first 8 of sessionId}-pid{pid}-{Date.now() base 36}-{4 random base 36}``."""
+    suffix = "".join(secrets.choice("0123456789abcdefghijklmnopqrstuvwxyz") for _ in range(4))
+    return f"sess-{session_id[:8]}-pid{pid}-{to_base36(now_ms)}-{suffix}"
+
+
+def pid_from_instance_id(instance_id: str) -> int | None:
+    match = _PID_IN_ID.search(instance_id)
+    return int(match.group(1)) if match else None
+
+
+@dataclass(frozen=True, slots=True)
+class ModelUsage:
+    provider: str
+    model: str
+    instance_count: int
+
+
+@dataclass(frozen=True, slots=True)
+class WorkStealingSummary:
+    remote_instances: int
+    total_pending_tasks: int
+    stealable_tasks: int
+    idle_instances: int
+    busy_instances: int
+
+
+@dataclass(frozen=True, slots=True)
+class CoordinatorStatus:
+    registered: bool
+    my_instance_id: str | None
+    active_instance_count: int
+    my_parallel_limit: int
+    config: CoordinatorConfig
+    instances: tuple[InstanceInfo, ...]
+
+
+class Coordinator:
+    """One instance's view of, and part in, the fleet."""
+
+    def __init__(
+        self,
+        store: Store | None = None,
+        *,
+        root: str | os.PathLike[str] | None = None,
+        config: Mapping[str, int] | None = None,
+        env: Mapping[str, str] | None = None,
+        clock: Clock = SYSTEM_CLOCK,
+    ) -> None:
+        self.store = store if store is not None else DirectoryStore(default_root(root, env))
+        self.clock = clock
+        self.config, self.config_problems = load_config(self.store, config, env)
+        for problem in self.config_problems:
+            log.warning("config: %s", problem)
+        self.work_stealing_enabled = work_stealing_enabled(env)
+        self._instances = RecordCache(self.store, INSTANCES, InstanceInfo)
+        self._queues = RecordCache(self.store, QUEUES, BroadcastQueueState)
+        self._locks_cache = RecordCache(self.store, LOCKS, DistributedLock)
+        self._claims_cache = RecordCache(self.store, CLAIMS, StealClaim)
+        self._liveness = LivenessCache()
+        self._state = threading.RLock()
+        self._info: InstanceInfo | None = None
+        self._locks: LockService | None = None
+        self._stealing: StealingService | None = None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    # ----------------------------------------------------------- lifecycle
+    def register(self, session_id: str | None = None, cwd: str | None = None, *, heartbeat: bool = True) -> InstanceInfo:
+        """Write this instance's file and start heartbeating; call once at start-up."""
+        with self._state:
+            if self._info is not None:
+                return self._info
+            if isinstance(self.store, DirectoryStore):
+                self.store.ensure_layout()
+            now = self.clock.now_ms()
+            session_id = session_id or secrets.token_hex(8)
+            pid = os.getpid()
+            info = InstanceInfo(
+                instance_id=generate_instance_id(session_id, pid, now),
+                pid=pid,
+                session_id=session_id,
+                started_at=utc_from_ms(now),
+                last_heartbeat=utc_from_ms(now),
+                cwd=os.getcwd() if cwd is None else cwd,
+                active_models=(),
+                hostname=HOSTNAME,
+                process_started_at=own_start_ms(),
+            )
+            self._info = info
+            self._locks = LockService(self.store, info.instance_id, self.clock)
+            self._stealing = StealingService(self.store, self._locks, info.instance_id, self.clock)
+            self._write_info()
+        if heartbeat:
+            self._stop.clear()
+            self._thread = threading.Thread(target=self._heartbeat_loop, name="pi-dash-heartbeat", daemon=True)
+            self._thread.start()
+        return info
+
+    def unregister(self) -> None:
+        """Stop heartbeating and remove this instance's files; call on graceful shutdown."""
+        self._stop.set()
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join()
+        self._thread = None
+        with self._state:
+            if self._info is None:
+                return
+            instance_id = self._info.instance_id
+            self._info = None
+            self.store.delete(INSTANCES, instance_id)
+            self.store.delete(QUEUES, instance_id)
+
+    def __enter__(self) -> Coordinator:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.unregister()
+
+    @property
+    def is_initialized(self) -> bool:
+        return self._info is not None
+
+    @property
+    def instance_id(self) -> str | None:
+        return self._info.instance_id if self._info else None
+
+    @property
+    def info(self) -> InstanceInfo:
+        if self._info is None:
+            raise NotRegistered("call register() first")
+        return self._info
+
+    @property
+    def total_max_llm(self) -> int:
+        return self.config.total_max_llm
+
+    def _update(self, **changes: object) -> None:
+        with self._state:
+            if self._info is None:
+                raise NotRegistered("call register() first")
+            self._info = self._info.model_copy(update=changes)
+            self._write_info()
+
+    def _write_info(self) -> None:
+        assert self._info is not None
+        self.store.write(INSTANCES, self._info.instance_id, self._info.to_json())
+
+    def _heartbeat_loop(self) -> None:
+        interval = self.config.heartbeat_interval_ms / 1000
+        while not self._stop.wait(interval):
+            try:
+                self.enhanced_heartbeat()
+            except StoreError as exc:
+                log.warning("heartbeat failed: %s", exc)
+            except Exception:  # the heartbeat thread must outlive any one bad round
+                log.exception("heartbeat round failed")
+
+    # ------------------------------------------------------------ heartbeat
+    def heartbeat(self) -> None:
+        """Refresh ``lastHeartbeat`` (and re-create the file if someone removed it)."""
+        self._update(last_heartbeat=utc_from_ms(self.clock.now_ms()))
+
+    def enhanced_heartbeat(self) -> None:
+        """Heartbeat, then tidy up after dead instances, stale queues, expired locks and claims."""
+        self.heartbeat()
+        self.cleanup_dead_instances()
+        self.cleanup_queue_states()
+        self.cleanup_expired_locks()
+        self.cleanup_claims()
+        self.store.sweep(TEMP_FILE_MAX_AGE_MS)
+
+    def update_workload(self, pending_task_count: int, avg_latency_ms: float | None = None) -> None:
+        """Publish this instance's load in its heartbeat file."""
+        if pending_task_count < 0:
+            raise ValueError("pending_task_count must not be negative")
+        changes: dict[str, object] = {"pending_task_count": pending_task_count}
+        if avg_latency_ms is not None:
+            changes["avg_latency_ms"] = avg_latency_ms
+        self._update(**changes)
+
+    def task_completed(self) -> None:
+        self._update(last_task_completed_at=utc_from_ms(self.clock.now_ms()))
+
+    # --------------------------------------------------------------- fleet
+    def _all_instances(self) -> list[InstanceInfo]:
+        self._instances.refresh()
+        records = self._instances.records()
+        own = self._info
+        if own is None:
+            return records
+        # Our in-memory record is at least as fresh as our file.
+        return [r for r in records if r.instance_id != own.instance_id] + [own]
+
+    def active_instances(self) -> list[InstanceInfo]:
+        """Instances whose heartbeat is younger than the timeout (pi's definition)."""
+        return semantics.alive_instances(self._all_instances(), self.clock.now_ms(), self.config)
+
+    def active_instance_count(self) -> int:
+        return semantics.active_count(self.active_instances())
+
+    def my_parallel_limit(self) -> int:
+        """``max(1, floor(totalMaxLlm / activeInstanceCount))``."""
+        return semantics.parallel_limit(self.config.total_max_llm, self.active_instance_count())
+
+    def dynamic_parallel_limit(self, my_pending_tasks: int | None = None) -> int:
+        """This instance's share of the fleet's slots, weighted by ``1/(pending+1)``."""
+        alive = self.active_instances()
+        me = self.instance_id
+        mine = self._info.pending if my_pending_tasks is None and self._info else (my_pending_tasks or 0)
+        others = [i.pending for i in alive if i.instance_id != me]
+        plain = semantics.parallel_limit(self.config.total_max_llm, semantics.active_count(alive))
+        return semantics.dynamic_parallel_limit(self.config.total_max_llm, mine, others, plain)
+
+    # --------------------------------------------------------------- models
+    def set_active_model(self, provider: str, model: str) -> None:
+        """Record that this instance is now using ``provider``/``model`` (stored lower-cased)."""
+        provider, model = provider.lower(), model.lower()
+        with self._state:
+            current = self.info.active_models
+            if any(m.provider == provider and m.model == model for m in current):
+                return
+            since = utc_from_ms(self.clock.now_ms())
+            self._update(active_models=(*current, ActiveModelInfo(provider=provider, model=model, since=since)))
+
+    def clear_active_model(self, provider: str, model: str) -> None:
+        provider, model = provider.lower(), model.lower()
+        with self._state:
+            kept = tuple(m for m in self.info.active_models if not (m.provider == provider and m.model == model))
+            if kept != self.info.active_models:
+                self._update(active_models=kept)
+
+    def clear_all_active_models(self) -> None:
+        self._update(active_models=())
+
+    def instances_for_model(self, provider: str, model: str) -> int:
+        return semantics.instances_for_model(self.active_instances(), provider, model)
+
+    def model_parallel_limit(self, provider: str, model: str, base_limit: int) -> int:
+        """``max(1, floor(baseLimit / instancesUsingModel))``."""
+        return semantics.model_parallel_limit(base_limit, self.instances_for_model(provider, model))
+
+    def model_usage_summary(self) -> tuple[list[ModelUsage], list[InstanceInfo]]:
+        alive = self.active_instances()
+        return [ModelUsage(*row) for row in semantics.model_usage(alive)], alive
+
+    # --------------------------------------------------------------- queues
+    def broadcast_queue_state(
+        self,
+        pending_task_count: int,
+        active_orchestrations: int = 0,
+        stealable_entries: Sequence[StealableQueueEntry] = (),
+        avg_latency_ms: float | None = None,
+    ) -> BroadcastQueueState:
+        """Publish this instance's queue so idle instances can steal from it."""
+        state = BroadcastQueueState(
+            instance_id=self.info.instance_id,
+            timestamp=utc_from_ms(self.clock.now_ms()),
+            pending_task_count=pending_task_count,
+            avg_latency_ms=avg_latency_ms,
+            active_orchestrations=active_orchestrations,
+            stealable_entries=tuple(stealable_entries),
+        )
+        self.store.write(QUEUES, state.instance_id, state.to_json())
+        return state
+
+    def remote_queue_states(self) -> list[BroadcastQueueState]:
+        """Other instances' queue states young enough to act on (two heartbeat intervals)."""
+        self._queues.refresh()
+        return semantics.fresh_queue_states(self._queues.records(), self.clock.now_ms(), self.config, self.instance_id)
+
+    def has_remote_capacity(self) -> bool:
+        """Whether some other instance has fewer tasks waiting than its share of slots."""
+        limit = self.my_parallel_limit()
+        return any(state.pending_task_count < limit for state in self.remote_queue_states())
+
+    def cleanup_queue_states(self) -> list[str]:
+        """Remove queue states older than the heartbeat timeout."""
+        now = self.clock.now_ms()
+        self._queues.refresh()
+        removed = []
+        for key, entry in list(self._queues.entries.items()):
+            if entry.record is None or entry.raw is None:
+                continue
+            if semantics.is_expired_queue_state(entry.record, now, self.config):
+                if self.store.delete_if(QUEUES, key, entry.raw):
+                    removed.append(key)
+        return removed
+
+    # ------------------------------------------------------------- stealing
+    def is_idle(self) -> bool:
+        return self.info.pending == 0
+
+    def _busy_remote_instances(self) -> list[InstanceInfo]:
+        me = self.instance_id
+        busy = [
+            i
+            for i in self.active_instances()
+            if i.instance_id != me and i.pending >= semantics.STEAL_VICTIM_MIN_PENDING
+        ]
+        return sorted(busy, key=lambda i: -i.pending)
+
+    def should_attempt_work_stealing(self) -> bool:
+        """Stealing is on, this instance is idle, and another has more than two tasks waiting."""
+        return self.work_stealing_enabled and self.is_idle() and bool(self._busy_remote_instances())
+
+    def work_stealing_candidates(self, top_n: int = 3) -> list[str]:
+        """Ids of the busiest other instances, most pending first."""
+        return [i.instance_id for i in self._busy_remote_instances()[:top_n]]
+
+    def find_steal_candidate(self) -> InstanceInfo | None:
+        if not self.should_attempt_work_stealing():
+            return None
+        busy = self._busy_remote_instances()
+        return busy[0] if busy else None
+
+    def steal_work(self) -> StealableQueueEntry | None:
+        """pi's ``stealWork``: the entry pi would pick, *without* claiming it.
+
+        Use :meth:`safe_steal_work` to actually take work.
+        """
+        if not self.work_stealing_enabled:
+            return None
+        offer = semantics.pick_steal_entry(semantics.steal_victims(self.remote_queue_states()))
+        return offer[1] if offer else None
+
+    def safe_steal_work(self) -> StolenWork | None:
+        """Take one entry from a busy instance, claimed exactly once across the fleet."""
+        if not self.work_stealing_enabled or not self.is_idle():
+            return None
+        return self._stealer().safe_steal(self.remote_queue_states())
+
+    def claim_own(self, entry: StealableQueueEntry | str) -> bool:
+        """Claim one of this instance's own entries before running it; ``False`` if it was stolen."""
+        return self._stealer().claim(self.info.instance_id, entry) is not None
+
+    def work_stealing_summary(self) -> WorkStealingSummary:
+        states = self.remote_queue_states()
+        return WorkStealingSummary(
+            remote_instances=len(states),
+            total_pending_tasks=sum(s.pending_task_count for s in states),
+            stealable_tasks=sum(len(s.stealable_entries) for s in states),
+            idle_instances=sum(1 for s in states if s.pending_task_count == 0),
+            busy_instances=sum(1 for s in states if s.pending_task_count >= semantics.STEAL_VICTIM_MIN_PENDING),
+        )
+
+    def stealing_stats(self) -> StealingStats:
+        return self._stealer().stats
+
+    def reset_stealing_stats(self) -> None:
+        self._stealer().reset_stats()
+
+    def _stealer(self) -> StealingService:
+        if self._stealing is None:
+            raise NotRegistered("call register() first")
+        return self._stealing
+
+    def cleanup_claims(self) -> list[str]:
+        self._claims_cache.refresh()
+        self._queues.refresh()
+        states = {s.instance_id: s for s in self._queues.records()}
+        live = {i.instance_id for i in self.active_instances()}
+        return self._stealer().cleanup_claims(
+            self._claims_cache.entries, states, live, self.config.heartbeat_timeout_ms
+        )
+
+    # ---------------------------------------------------------------- locks
+    def try_acquire_lock(self, resource: str, ttl_ms: int = DEFAULT_TTL_MS) -> DistributedLock | None:
+        if self._locks is None:
+            raise NotRegistered("call register() first")
+        return self._locks.try_acquire(resource, ttl_ms)
+
+    def release_lock(self, lock: DistributedLock) -> bool:
+        if self._locks is None:
+            raise NotRegistered("call register() first")
+        return self._locks.release(lock)
+
+    def cleanup_expired_locks(self) -> list[str]:
+        self._locks_cache.refresh()
+        service = self._locks or LockService(self.store, "cleanup", self.clock)
+        return service.cleanup_expired(dict(self._locks_cache.entries))
+
+    # -------------------------------------------------------------- cleanup
+    def cleanup_dead_instances(self) -> list[str]:
+        """Remove the files of dead instances; returns their ids.
+
+        Dead means: on this host, its pid is gone or was reused; or its
+        heartbeat *and* its file are both older than the timeout (a fresh file
+        with an old heartbeat is a skewed clock, not a dead instance).  A file
+        that does not parse is removed only when it has not changed for the
+        timeout and the pid in its name is not running: a live instance's file
+        read mid-write is never removed.
+        """
+        now = self.clock.now_ms()
+        timeout = self.config.heartbeat_timeout_ms
+        self._instances.refresh()
+        removed = []
+        for key, entry in list(self._instances.entries.items()):
+            if entry.raw is None or key == self.instance_id:
+                continue
+            if entry.record is not None:
+                dead = self._is_dead(entry.record, entry.modified_ms, now)
+            else:
+                pid = pid_from_instance_id(key)
+                file_old = now - entry.modified_ms >= timeout
+                pid_gone = pid is None or self._liveness.check(
+                    pid, registered_ms=entry.modified_ms, recorded_start_ms=None, hostname=None, now_ms=now
+                ) is Liveness.DEAD
+                dead = file_old and pid_gone
+            if dead and self.store.delete_if(INSTANCES, key, entry.raw):
+                removed.append(key)
+                self._remove_queue_state_of(key)
+        if removed:
+            log.info("removed dead instances: %s", ", ".join(removed))
+        return removed
+
+    def _is_dead(self, info: InstanceInfo, modified_ms: int, now: int) -> bool:
+        timeout = self.config.heartbeat_timeout_ms
+        liveness = self._liveness.check(
+            info.pid,
+            registered_ms=to_epoch_ms(info.started_at),
+            recorded_start_ms=info.process_started_at,
+            hostname=info.hostname,
+            now_ms=now,
+        )
+        if liveness is Liveness.DEAD:
+            return True
+        return semantics.heartbeat_age_ms(info, now) >= timeout and now - modified_ms >= timeout
+
+    def _remove_queue_state_of(self, instance_id: str) -> None:
+        try:
+            blob = self.store.read(QUEUES, instance_id)
+        except StoreError:
+            return
+        if blob is not None:
+            self.store.delete_if(QUEUES, instance_id, blob.data)
+
+    # --------------------------------------------------------------- status
+    def status(self) -> CoordinatorStatus:
+        alive = self.active_instances()
+        return CoordinatorStatus(
+            registered=self.is_initialized,
+            my_instance_id=self.instance_id,
+            active_instance_count=semantics.active_count(alive),
+            my_parallel_limit=semantics.parallel_limit(self.config.total_max_llm, semantics.active_count(alive)),
+            config=self.config,
+            instances=tuple(alive),
+        )
+

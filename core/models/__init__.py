@@ -1,0 +1,28 @@
+"""pydantic records of everything ``core`` reads or writes (the bottom layer)."""
+
+from ._base import CorruptRecord, JsNumber, JsTime, Record, from_epoch_ms, to_epoch_ms, to_js_iso
+from .config import CoordinatorConfig
+from .instance import ActiveModelInfo, InstanceInfo
+from .lock import DistributedLock
+from .queue import BroadcastQueueState, Priority, StealableQueueEntry
+from .stealing import FORMAT_VERSION, StealClaim, StealingStats
+
+__all__ = [
+    "FORMAT_VERSION",
+    "ActiveModelInfo",
+    "BroadcastQueueState",
+    "CoordinatorConfig",
+    "CorruptRecord",
+    "DistributedLock",
+    "InstanceInfo",
+    "JsNumber",
+    "JsTime",
+    "Priority",
+    "Record",
+    "StealClaim",
+    "StealableQueueEntry",
+    "StealingStats",
+    "from_epoch_ms",
+    "to_epoch_ms",
+    "to_js_iso",
+]

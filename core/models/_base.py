@@ -1,0 +1,127 @@
+"""Shared machinery for every persisted record.
+
+pi writes its files with ``JSON.stringify(value, null, 2)``: camelCase keys,
+2-space indentation, ISO timestamps from ``Date.toISOString()`` and plain JS
+numbers.  Every record here reproduces that shape byte for byte so that pi's own
+TypeScript instances read what ``core`` writes, and keeps keys it does not know
+so that a read -> write round trip loses nothing.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from typing import Annotated, Any, ClassVar, Self
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    PlainSerializer,
+    ValidationError,
+    model_serializer,
+)
+from pydantic.alias_generators import to_camel
+
+
+class CorruptRecord(ValueError):
+    """A persisted record that cannot be parsed or fails validation."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+def to_js_iso(moment: datetime) -> str:
+    """Format like JavaScript's ``Date.prototype.toISOString`` (UTC, milliseconds, ``Z``)."""
+    moment = moment.astimezone(timezone.utc)
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+
+
+def from_epoch_ms(epoch_ms: int | float) -> datetime:
+    return datetime.fromtimestamp(epoch_ms / 1000, tz=timezone.utc)
+
+
+def to_epoch_ms(moment: datetime) -> int:
+    return int(moment.timestamp() * 1000 + (0.5 if moment.timestamp() >= 0 else -0.5))
+
+
+def _assume_utc(moment: datetime) -> datetime:
+    # A timestamp without an offset is read as UTC, which is what pi means.
+    if moment.tzinfo is None:
+        return moment.replace(tzinfo=timezone.utc)
+    return moment
+
+
+def _js_number(value: int | float) -> int | float:
+    # JavaScript prints 12.0 as 12; so must we, or pi's files change on rewrite.
+    if isinstance(value, float) and value.is_integer() and abs(value) < 2**53:
+        return int(value)
+    return value
+
+
+JsTime = Annotated[
+    datetime,
+    AfterValidator(_assume_utc),
+    PlainSerializer(to_js_iso, return_type=str),
+]
+"""A timestamp stored as ``2026-02-18T00:15:35.675Z``."""
+
+JsNumber = Annotated[int | float, PlainSerializer(_js_number)]
+"""A JSON number that may be integral or fractional, printed the way JS prints it."""
+
+
+class Record(BaseModel):
+    """Base of every persisted record: camelCase on disk, snake_case in Python.
+
+    Optional fields that are ``None`` are left out of the file (as JS leaves out
+    ``undefined``), except those listed in ``KEEP_NULL`` which pi writes as
+    ``null``.  Unknown keys are kept as extras and written back after the known
+    ones.
+    """
+
+    model_config = ConfigDict(
+        alias_generator=to_camel,
+        populate_by_name=True,
+        extra="allow",
+        frozen=True,
+        allow_inf_nan=False,
+        ser_json_inf_nan="null",
+    )
+
+    KEEP_NULL: ClassVar[frozenset[str]] = frozenset()
+    _omit_if_none: ClassVar[tuple[str, ...]] = ()
+
+    @classmethod
+    def __pydantic_init_subclass__(cls, **kwargs: Any) -> None:
+        super().__pydantic_init_subclass__(**kwargs)
+        cls._omit_if_none = tuple(
+            field.alias or name
+            for name, field in cls.model_fields.items()
+            if field.default is None and name not in cls.KEEP_NULL
+        )
+
+    @model_serializer(mode="wrap")
+    def _drop_undefined(self, handler: Any) -> Any:
+        data = handler(self)
+        if isinstance(data, dict):
+            for key in self._omit_if_none:
+                if key in data and data[key] is None:
+                    del data[key]
+        return data
+
+    @classmethod
+    def from_json(cls, data: bytes | str) -> Self:
+        """Parse one record; any failure becomes :class:`CorruptRecord` with a short reason."""
+        try:
+            return cls.model_validate_json(data)
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            where = ".".join(str(part) for part in first.get("loc", ())) or "document"
+            more = f" (+{exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
+            raise CorruptRecord(f"{where}: {first['msg']}{more}") from None
+        except (ValueError, RecursionError) as exc:
+            raise CorruptRecord(f"unreadable JSON: {exc}") from None
+
+    def to_json(self) -> bytes:
+        """Serialise exactly as ``JSON.stringify(record, null, 2)`` would."""
+        return self.model_dump_json(by_alias=True, indent=2).encode("utf-8")

@@ -1,0 +1,24 @@
+"""``coordinator.json``: the fleet-wide settings pi reads at start-up."""
+
+from __future__ import annotations
+
+from pydantic import Field
+
+from ._base import Record
+
+DEFAULT_TOTAL_MAX_LLM = 6
+DEFAULT_HEARTBEAT_INTERVAL_MS = 15_000
+DEFAULT_HEARTBEAT_TIMEOUT_MS = 60_000
+
+
+class CoordinatorConfig(Record):
+    """Resolved coordinator settings; every value is a positive integer."""
+
+    total_max_llm: int = Field(default=DEFAULT_TOTAL_MAX_LLM, gt=0)
+    heartbeat_interval_ms: int = Field(default=DEFAULT_HEARTBEAT_INTERVAL_MS, gt=0)
+    heartbeat_timeout_ms: int = Field(default=DEFAULT_HEARTBEAT_TIMEOUT_MS, gt=0)
+
+    @property
+    def queue_fresh_ms(self) -> int:
+        """A queue state older than two heartbeat intervals is ignored."""
+        return 2 * self.heartbeat_interval_ms

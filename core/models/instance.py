@@ -1,0 +1,41 @@
+"""Records of ``instances/{instanceId}.lock``: one per running pi instance."""
+
+from __future__ import annotations
+
+from pydantic import Field
+
+from ._base import JsNumber, JsTime, Record
+
+
+class ActiveModelInfo(Record):
+    """A model an instance is currently using (pi stores provider and model lower-cased)."""
+
+    provider: str
+    model: str
+    since: JsTime
+
+
+class InstanceInfo(Record):
+    """One instance's registration and heartbeat, as pi's coordinator writes it.
+
+    ``hostname`` and ``process_started_at`` are written only by ``core``
+    instances (pi ignores unknown keys): they let a reader on the same host tell a
+    dead or reused pid from a live one.
+    """
+
+    instance_id: str = Field(min_length=1)
+    pid: int
+    session_id: str
+    started_at: JsTime
+    last_heartbeat: JsTime
+    cwd: str
+    active_models: tuple[ActiveModelInfo, ...] = ()
+    pending_task_count: int | None = Field(default=None, ge=0)
+    avg_latency_ms: JsNumber | None = Field(default=None, ge=0)
+    last_task_completed_at: JsTime | None = None
+    hostname: str | None = None
+    process_started_at: int | None = None
+
+    @property
+    def pending(self) -> int:
+        return self.pending_task_count or 0

@@ -1,0 +1,54 @@
+"""Records of ``queue-states/{instanceId}.json``: work an instance offers to others."""
+
+from __future__ import annotations
+
+from enum import IntEnum
+
+from pydantic import Field
+
+from ._base import JsNumber, JsTime, Record
+
+
+class Priority(IntEnum):
+    """pi's task priorities; a lower value is more urgent."""
+
+    CRITICAL = 0
+    HIGH = 1
+    NORMAL = 2
+    LOW = 3
+    BACKGROUND = 4
+
+    @classmethod
+    def rank(cls, name: str) -> int:
+        """Rank of a priority name; unknown names sort after ``background``."""
+        try:
+            return cls[name.upper()].value
+        except KeyError:
+            return len(cls)
+
+
+class StealableQueueEntry(Record):
+    """A task another instance may take over."""
+
+    id: str
+    tool_name: str
+    priority: str
+    instance_id: str
+    enqueued_at: JsTime
+    estimated_duration_ms: JsNumber | None = None
+    estimated_rounds: int | None = None
+
+    @property
+    def priority_rank(self) -> int:
+        return Priority.rank(self.priority)
+
+
+class BroadcastQueueState(Record):
+    """An instance's advertised queue: its load and the entries it lets others steal."""
+
+    instance_id: str = Field(min_length=1)
+    timestamp: JsTime
+    pending_task_count: int = Field(ge=0)
+    avg_latency_ms: JsNumber | None = Field(default=None, ge=0)
+    active_orchestrations: int = 0
+    stealable_entries: tuple[StealableQueueEntry, ...] = ()

@@ -1,0 +1,64 @@
+"""pi-dash's own records for work stealing: persisted statistics and exactly-once claims."""
+
+from __future__ import annotations
+
+from pydantic import Field
+
+from ._base import JsNumber, Record
+from .queue import StealableQueueEntry
+
+FORMAT_VERSION = 1
+MAX_LATENCY_SAMPLES = 100
+
+
+class StealingStats(Record):
+    """One instance's stealing statistics (``pi-dash/stealing-stats/{instanceId}.json``).
+
+    pi keeps these in memory only; persisting them lets other processes and the
+    dashboard see them.  Times are epoch milliseconds, as in pi's interface.
+    """
+
+    KEEP_NULL = frozenset({"last_attempt_at", "last_success_at"})
+
+    format_version: int = FORMAT_VERSION
+    instance_id: str
+    total_attempts: int = Field(default=0, ge=0)
+    successful_steals: int = Field(default=0, ge=0)
+    failed_attempts: int = Field(default=0, ge=0)
+    last_attempt_at: int | None = None
+    last_success_at: int | None = None
+    avg_latency_ms: JsNumber = 0
+    latency_samples: tuple[JsNumber, ...] = ()
+
+    @property
+    def success_rate(self) -> float:
+        return self.successful_steals / self.total_attempts if self.total_attempts else 0.0
+
+    def with_attempt(self, *, success: bool, latency_ms: float, now_ms: int) -> StealingStats:
+        samples = (*self.latency_samples, round(latency_ms, 3))[-MAX_LATENCY_SAMPLES:]
+        return self.model_copy(
+            update={
+                "total_attempts": self.total_attempts + 1,
+                "successful_steals": self.successful_steals + success,
+                "failed_attempts": self.failed_attempts + (not success),
+                "last_attempt_at": now_ms,
+                "last_success_at": now_ms if success else self.last_success_at,
+                "latency_samples": samples,
+                "avg_latency_ms": round(sum(samples) / len(samples), 3),
+            }
+        )
+
+
+class StealClaim(Record):
+    """Proof that one executor, and only one, took a stealable entry.
+
+    Created with an atomic create-if-absent, so of all the thieves (and the
+    owner, which claims its own entries before running them) exactly one wins.
+    """
+
+    format_version: int = FORMAT_VERSION
+    owner_instance_id: str
+    entry_id: str
+    claimed_by: str
+    claimed_at: int
+    entry: StealableQueueEntry | None = None

@@ -1,0 +1,94 @@
+"""Is the process behind an instance file still the one that wrote it?
+
+pi decides only by heartbeat age (60 s by default).  On the same host we can
+do better: a pid that no longer exists, is a zombie, or belongs to a process
+that started *after* the instance registered (the pid was reused) is dead at
+once.  ``psutil`` gives the process start time portably (Linux, macOS, BSD),
+which is why it is a dependency.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from enum import Enum
+
+import psutil
+
+# Start times are compared with this slack: clocks tick in coarse steps and
+# pi records ``startedAt`` a little after its process started.
+START_SLACK_MS = 2_000
+
+HOSTNAME = socket.gethostname()
+
+
+class Liveness(Enum):
+    ALIVE = "alive"
+    DEAD = "dead"
+    UNKNOWN = "unknown"  # another host, or the OS would not tell
+
+
+def own_start_ms() -> int:
+    """When this process started, in epoch milliseconds (written into our instance file)."""
+    return int(psutil.Process(os.getpid()).create_time() * 1000)
+
+
+def check(
+    pid: int,
+    *,
+    registered_ms: int,
+    recorded_start_ms: int | None = None,
+    hostname: str | None = None,
+) -> Liveness:
+    """Liveness of the process an instance file names.
+
+    ``recorded_start_ms`` is what a ``core`` instance wrote about itself; pi's
+    instances do not write it, so for them a process that started after the
+    instance registered (``registered_ms``) is taken to be a reused pid.
+    """
+    if hostname is not None and hostname != HOSTNAME:
+        return Liveness.UNKNOWN
+    if pid <= 0:
+        return Liveness.DEAD
+    if pid == os.getpid():
+        return Liveness.ALIVE
+    try:
+        process = psutil.Process(pid)
+        if process.status() == psutil.STATUS_ZOMBIE:
+            return Liveness.DEAD
+        started = int(process.create_time() * 1000)
+    except (psutil.NoSuchProcess, psutil.ZombieProcess):
+        return Liveness.DEAD
+    except (psutil.AccessDenied, OSError):
+        return Liveness.ALIVE if psutil.pid_exists(pid) else Liveness.DEAD
+    if recorded_start_ms:
+        return Liveness.ALIVE if abs(started - recorded_start_ms) <= START_SLACK_MS else Liveness.DEAD
+    return Liveness.ALIVE if started <= registered_ms + START_SLACK_MS else Liveness.DEAD
+
+
+class LivenessCache:
+    """Remembers answers for a short while: a snapshot of 1,000 instances
+    rebuilt every second must not ask the OS about 1,000 pids each time."""
+
+    def __init__(self, ttl_ms: int = 2_000) -> None:
+        self.ttl_ms = ttl_ms
+        self._answers: dict[tuple[int, int, int | None, str | None], tuple[Liveness, int]] = {}
+
+    def check(
+        self,
+        pid: int,
+        *,
+        registered_ms: int,
+        recorded_start_ms: int | None,
+        hostname: str | None,
+        now_ms: int,
+    ) -> Liveness:
+        key = (pid, registered_ms, recorded_start_ms, hostname)
+        cached = self._answers.get(key)
+        if cached is not None and now_ms - cached[1] < self.ttl_ms:
+            return cached[0]
+        answer = check(pid, registered_ms=registered_ms, recorded_start_ms=recorded_start_ms, hostname=hostname)
+        if len(self._answers) > 10_000:
+            self._answers.clear()
+        self._answers[key] = (answer, now_ms)
+        return answer

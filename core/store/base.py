@@ -1,0 +1,129 @@
+"""The storage interface every engine in ``core`` is written against.
+
+A store holds small blobs (one JSON record each) in a few named spaces.  It
+offers exactly the atomic operations the engines need, so that a backend can
+implement each one with its native primitive: on a directory, ``os.replace``,
+``link`` and a ``flock`` guard; on Redis, single commands and Lua scripts.
+
+The store moves bytes, not records: parsing and validation belong to the
+layer above (:mod:`core.store.records`), so a corrupt blob is reported there
+and never silently dropped here.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Hashable
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class Space:
+    """A named collection of blobs.
+
+    ``verbatim`` spaces are pi's own: the key *is* the file name stem
+    (``instances/{instanceId}.lock``), so pi finds our files and we find its.
+    Other spaces belong to pi-dash, and their keys may be any string: the
+    backend encodes them as it needs.
+    """
+
+    name: str
+    suffix: str
+    verbatim: bool = False
+
+
+INSTANCES = Space("instances", ".lock", verbatim=True)
+QUEUES = Space("queue-states", ".json", verbatim=True)
+LOCKS = Space("locks", ".lock", verbatim=True)
+STEALING_STATS = Space("pi-dash/stealing-stats", ".json")
+CLAIMS = Space("pi-dash/claims", ".json")
+
+ALL_SPACES = (INSTANCES, QUEUES, LOCKS, STEALING_STATS, CLAIMS)
+
+Version = Hashable
+"""A token that changes whenever a blob's content may have changed."""
+
+
+@dataclass(frozen=True, slots=True)
+class Blob:
+    key: str
+    data: bytes
+    version: Version
+    modified_ms: int
+
+
+class StoreError(Exception):
+    """Base of every storage failure; its message is meant for the user."""
+
+
+class StoreUnavailable(StoreError):
+    """The store as a whole cannot be used (missing root, no permission, server down)."""
+
+
+class EntryUnreadable(StoreError):
+    """One entry exists but cannot be read as a blob (permissions, not a file, too big)."""
+
+    def __init__(self, key: str, reason: str) -> None:
+        super().__init__(f"{key}: {reason}")
+        self.key = key
+        self.reason = reason
+
+
+class InvalidKey(StoreError, ValueError):
+    """A key that cannot name an entry in this store (empty, a path, hidden...)."""
+
+
+class Store(ABC):
+    """Atomic blob storage shared by every process of a fleet."""
+
+    @abstractmethod
+    def describe(self) -> str:
+        """Where the data lives, for messages ("directory /home/u/.pi/runtime")."""
+
+    @abstractmethod
+    def check(self) -> None:
+        """Raise :class:`StoreUnavailable` with a clear reason if the store cannot be read."""
+
+    @abstractmethod
+    def versions(self, space: Space) -> dict[str, Version]:
+        """Every key of ``space`` with its change token, without reading contents."""
+
+    def keys(self, space: Space) -> list[str]:
+        """Every key of ``space`` (cheaper than :meth:`versions` where a backend can)."""
+        return list(self.versions(space))
+
+    @abstractmethod
+    def read(self, space: Space, key: str) -> Blob | None:
+        """The blob under ``key``, or ``None`` when there is none.
+
+        Raises :class:`EntryUnreadable` when something is there but is not a
+        readable blob.
+        """
+
+    @abstractmethod
+    def write(self, space: Space, key: str, data: bytes, *, durable: bool = True) -> None:
+        """Replace the blob atomically: readers see the old or the new bytes, never a mix."""
+
+    @abstractmethod
+    def create(self, space: Space, key: str, data: bytes) -> bool:
+        """Store ``data`` only if ``key`` is absent; ``True`` if this call created it."""
+
+    @abstractmethod
+    def replace_if(self, space: Space, key: str, expected: bytes, data: bytes) -> bool:
+        """Compare-and-swap: replace only while the current bytes equal ``expected``."""
+
+    @abstractmethod
+    def delete_if(self, space: Space, key: str, expected: bytes) -> bool:
+        """Compare-and-delete: remove only while the current bytes equal ``expected``."""
+
+    @abstractmethod
+    def delete(self, space: Space, key: str) -> bool:
+        """Remove unconditionally (only for entries the caller owns); ``True`` if it existed."""
+
+    @abstractmethod
+    def read_config(self) -> bytes | None:
+        """The raw fleet config (pi's ``coordinator.json``), or ``None`` when absent."""
+
+    def sweep(self, older_than_ms: int) -> int:
+        """Remove leftovers of writers that died mid-write; returns how many. Optional."""
+        return 0

@@ -1,0 +1,383 @@
+"""The directory backend: pi's coordination directory (``~/.pi/runtime``) on a local disk.
+
+Guarantees, and the primitive that gives each one:
+
+* readers never see a partial file: every write goes to a temporary file in the
+  same directory and is moved into place with ``os.replace``;
+* ``create`` is atomic create-if-absent: the complete temporary file is
+  hard-linked to its final name, which fails if the name exists, so two
+  processes can never both create a lock and nobody sees an empty lock file;
+* ``replace_if`` / ``delete_if`` / ``write`` / ``delete`` are serialised by a
+  ``flock`` guard (one of a fixed set of guard files, picked by hashing the
+  name).  ``flock`` is released by the kernel when a process dies, so a crashed
+  writer never leaves the guard held.  Because nothing replaces or removes a
+  file without that guard, a compare-and-delete cannot remove a file that
+  changed after it was compared;
+* hostile entries (symlinks, FIFOs, directories, huge or unreadable files) are
+  reported as unreadable, never followed, blocked on or crashed over;
+* directories are created 0700 and files 0600.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import os
+import secrets
+import stat
+import threading
+import time
+import zlib
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from .base import (
+    ALL_SPACES,
+    Blob,
+    EntryUnreadable,
+    InvalidKey,
+    Space,
+    Store,
+    StoreError,
+    StoreUnavailable,
+    Version,
+)
+
+ENV_ROOT = "PI_RUNTIME_DIR"
+CONFIG_FILE = "coordinator.json"
+GUARD_DIR = "pi-dash/guards"
+GUARD_STRIPES = 64
+MAX_BLOB_BYTES = 8 * 1024 * 1024
+TEMP_SUFFIX = ".tmp"
+_READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+_SAFE_KEY_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_")
+
+
+def default_root(cli_root: str | os.PathLike[str] | None = None, env: dict[str, str] | None = None) -> Path:
+    """The coordination directory: ``--root``, else ``$PI_RUNTIME_DIR``, else ``~/.pi/runtime``."""
+    env = os.environ if env is None else env
+    if cli_root:
+        return Path(cli_root).expanduser()
+    if env.get(ENV_ROOT):
+        return Path(env[ENV_ROOT]).expanduser()
+    return Path.home() / ".pi" / "runtime"
+
+
+def encode_key(key: str) -> str:
+    """A file-name-safe, reversible spelling of any key (``%XX`` for all but ``[A-Za-z0-9_-]``)."""
+    return "".join(ch if ch in _SAFE_KEY_CHARS else "".join(f"%{b:02X}" for b in ch.encode()) for ch in key)
+
+
+def decode_key(name: str) -> str:
+    raw = bytearray()
+    i = 0
+    while i < len(name):
+        if name[i] == "%":
+            raw.append(int(name[i + 1 : i + 3], 16))
+            i += 3
+        else:
+            raw.extend(name[i].encode())
+            i += 1
+    return raw.decode()
+
+
+class DirectoryStore(Store):
+    """A :class:`Store` on a local directory laid out as pi lays it out."""
+
+    def __init__(self, root: str | os.PathLike[str]) -> None:
+        self.root = Path(root)
+        self._guard_fds: dict[int, int] = {}
+        self._guard_pid = os.getpid()
+        self._thread_guards = [threading.Lock() for _ in range(GUARD_STRIPES)]
+        self._made_dirs: set[Path] = set()
+
+    def __repr__(self) -> str:
+        return f"DirectoryStore({str(self.root)!r})"
+
+    def describe(self) -> str:
+        return f"directory {self.root}"
+
+    # ----------------------------------------------------------------- paths
+    def _dir(self, space: Space) -> Path:
+        return self.root / space.name
+
+    def _filename(self, space: Space, key: str) -> str:
+        if not key:
+            raise InvalidKey("empty key")
+        if space.verbatim:
+            if "/" in key or "\0" in key or key.startswith(".") or len(key.encode()) > 240:
+                raise InvalidKey(f"{key!r} cannot be a file name in {space.name}/")
+            return key + space.suffix
+        name = encode_key(key)
+        if len(name) > 240:
+            raise InvalidKey(f"key of {len(key)} characters is too long for {space.name}/")
+        return name + space.suffix
+
+    def _key_of(self, space: Space, filename: str) -> str | None:
+        if filename.startswith(".") or not filename.endswith(space.suffix):
+            return None
+        stem = filename[: -len(space.suffix)]
+        if not stem:
+            return None
+        if space.verbatim:
+            return stem
+        try:
+            return decode_key(stem)
+        except (ValueError, UnicodeDecodeError):
+            return None
+
+    def _ensure_dir(self, path: Path) -> None:
+        if path in self._made_dirs:
+            return
+        try:
+            path.mkdir(mode=0o700, parents=True, exist_ok=True)
+        except PermissionError as exc:
+            raise StoreError(f"cannot create {path}: permission denied") from exc
+        except OSError as exc:
+            raise StoreError(f"cannot create {path}: {exc.strerror}") from exc
+        self._made_dirs.add(path)
+
+    def ensure_layout(self) -> None:
+        """Create the root and every space (0700), as a registering instance does."""
+        for space in ALL_SPACES:
+            self._ensure_dir(self._dir(space))
+
+    # ---------------------------------------------------------------- guard
+    @contextmanager
+    def _guard(self, space: Space, filename: str) -> Iterator[None]:
+        stripe = zlib.crc32(f"{space.name}/{filename}".encode()) % GUARD_STRIPES
+        with self._thread_guards[stripe]:
+            fd = self._guard_fd(stripe)
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(fd, fcntl.LOCK_UN)
+
+    def _guard_fd(self, stripe: int) -> int:
+        if self._guard_pid != os.getpid():
+            # A forked child shares its parent's open file descriptions, and so
+            # its flocks: it must open guards of its own.
+            self._guard_fds = {}
+            self._guard_pid = os.getpid()
+        fd = self._guard_fds.get(stripe)
+        if fd is None:
+            guard_dir = self.root / GUARD_DIR
+            self._ensure_dir(guard_dir)
+            fd = os.open(guard_dir / f"{stripe:02x}", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            self._guard_fds[stripe] = fd
+        return fd
+
+    # ------------------------------------------------------------- reading
+    def check(self) -> None:
+        root = self.root
+        if not root.exists():
+            raise StoreUnavailable(f"{root} does not exist (no pi instance has registered here yet)")
+        if not root.is_dir():
+            raise StoreUnavailable(f"{root} is not a directory")
+        if not os.access(root, os.R_OK | os.X_OK):
+            raise StoreUnavailable(f"{root} is not readable: permission denied")
+
+    def versions(self, space: Space) -> dict[str, Version]:
+        found: dict[str, Version] = {}
+        try:
+            entries = os.scandir(self._dir(space))
+        except FileNotFoundError:
+            return found
+        except NotADirectoryError:
+            raise StoreUnavailable(f"{self._dir(space)} is not a directory") from None
+        except PermissionError:
+            raise StoreUnavailable(f"cannot list {self._dir(space)}: permission denied") from None
+        with entries:
+            for entry in entries:
+                key = self._key_of(space, entry.name)
+                if key is None:
+                    continue
+                try:
+                    st = entry.stat(follow_symlinks=False)
+                except OSError:
+                    continue  # vanished between listing and stat
+                found[key] = (st.st_ino, st.st_mtime_ns, st.st_size, stat.S_IFMT(st.st_mode))
+        return found
+
+    def keys(self, space: Space) -> list[str]:
+        try:
+            names = os.listdir(self._dir(space))
+        except FileNotFoundError:
+            return []
+        except OSError as exc:
+            raise StoreUnavailable(f"cannot list {self._dir(space)}: {exc.strerror}") from None
+        return [key for key in map(lambda name: self._key_of(space, name), names) if key is not None]
+
+    def read(self, space: Space, key: str) -> Blob | None:
+        return self._read_path(self._dir(space) / self._filename(space, key), key)
+
+    def read_config(self) -> bytes | None:
+        blob = self._read_path(self.root / CONFIG_FILE, CONFIG_FILE)
+        return None if blob is None else blob.data
+
+    def _read_path(self, path: Path, key: str) -> Blob | None:
+        try:
+            fd = os.open(path, _READ_FLAGS)
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            raise EntryUnreadable(key, _describe_open_error(exc)) from None
+        try:
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode):
+                raise EntryUnreadable(key, "not a regular file")
+            if st.st_size > MAX_BLOB_BYTES:
+                raise EntryUnreadable(key, f"{st.st_size} bytes is larger than the {MAX_BLOB_BYTES} allowed")
+            chunks = []
+            remaining = MAX_BLOB_BYTES + 1
+            while remaining > 0:
+                chunk = os.read(fd, min(remaining, 1 << 20))
+                if not chunk:
+                    break
+                chunks.append(chunk)
+                remaining -= len(chunk)
+            data = b"".join(chunks)
+            if len(data) > MAX_BLOB_BYTES:
+                raise EntryUnreadable(key, f"larger than the {MAX_BLOB_BYTES} bytes allowed")
+        except OSError as exc:
+            raise EntryUnreadable(key, exc.strerror or str(exc)) from None
+        finally:
+            os.close(fd)
+        version = (st.st_ino, st.st_mtime_ns, st.st_size, stat.S_IFMT(st.st_mode))
+        return Blob(key, data, version, st.st_mtime_ns // 1_000_000)
+
+    # ------------------------------------------------------------- writing
+    def _stage(self, directory: Path, filename: str, data: bytes, durable: bool) -> Path:
+        """Write ``data`` to a fresh hidden temporary file beside its final name."""
+        self._ensure_dir(directory)
+        temp = directory / f".{filename}.{os.getpid()}.{secrets.token_hex(4)}{TEMP_SUFFIX}"
+        try:
+            fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        except OSError as exc:
+            raise StoreError(f"cannot write in {directory}: {exc.strerror}") from None
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+            if durable:
+                os.fsync(fd)
+        except OSError as exc:
+            os.close(fd)
+            _unlink_quietly(temp)
+            raise StoreError(f"cannot write {temp}: {exc.strerror}") from None
+        os.close(fd)
+        return temp
+
+    def write(self, space: Space, key: str, data: bytes, *, durable: bool = True) -> None:
+        directory = self._dir(space)
+        filename = self._filename(space, key)
+        temp = self._stage(directory, filename, data, durable)
+        try:
+            with self._guard(space, filename):
+                os.replace(temp, directory / filename)
+        except OSError as exc:
+            _unlink_quietly(temp)
+            raise StoreError(f"cannot replace {directory / filename}: {exc.strerror}") from None
+
+    def create(self, space: Space, key: str, data: bytes) -> bool:
+        directory = self._dir(space)
+        filename = self._filename(space, key)
+        temp = self._stage(directory, filename, data, durable=False)
+        try:
+            os.link(temp, directory / filename)
+            return True
+        except FileExistsError:
+            return False
+        except OSError as exc:
+            if exc.errno in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EMLINK):
+                return self._create_without_link(directory / filename, data)
+            raise StoreError(f"cannot create {directory / filename}: {exc.strerror}") from None
+        finally:
+            _unlink_quietly(temp)
+
+    @staticmethod
+    def _create_without_link(path: Path, data: bytes) -> bool:
+        """Fallback for file systems without hard links: ``O_EXCL`` still makes it atomic."""
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        except FileExistsError:
+            return False
+        try:
+            os.write(fd, data)
+        finally:
+            os.close(fd)
+        return True
+
+    def replace_if(self, space: Space, key: str, expected: bytes, data: bytes) -> bool:
+        directory = self._dir(space)
+        filename = self._filename(space, key)
+        temp = self._stage(directory, filename, data, durable=False)
+        try:
+            with self._guard(space, filename):
+                current = self._read_path(directory / filename, key)
+                if current is None or current.data != expected:
+                    return False
+                os.replace(temp, directory / filename)
+                return True
+        finally:
+            _unlink_quietly(temp)
+
+    def delete_if(self, space: Space, key: str, expected: bytes) -> bool:
+        directory = self._dir(space)
+        filename = self._filename(space, key)
+        with self._guard(space, filename):
+            try:
+                current = self._read_path(directory / filename, key)
+            except EntryUnreadable:
+                return False
+            if current is None or current.data != expected:
+                return False
+            return _unlink_quietly(directory / filename)
+
+    def delete(self, space: Space, key: str) -> bool:
+        filename = self._filename(space, key)
+        with self._guard(space, filename):
+            return _unlink_quietly(self._dir(space) / filename)
+
+    def sweep(self, older_than_ms: int) -> int:
+        """Remove temporary files that crashed writers left behind."""
+        cutoff_ns = time.time_ns() - older_than_ms * 1_000_000
+        removed = 0
+        for space in ALL_SPACES:
+            try:
+                entries = list(os.scandir(self._dir(space)))
+            except OSError:
+                continue
+            for entry in entries:
+                if not (entry.name.startswith(".") and entry.name.endswith(TEMP_SUFFIX)):
+                    continue
+                try:
+                    if entry.stat(follow_symlinks=False).st_mtime_ns < cutoff_ns:
+                        removed += _unlink_quietly(Path(entry.path))
+                except OSError:
+                    continue
+        return removed
+
+
+def _unlink_quietly(path: Path) -> bool:
+    try:
+        os.unlink(path)
+        return True
+    except FileNotFoundError:
+        return False
+    except IsADirectoryError:
+        return False
+    except PermissionError as exc:
+        raise StoreError(f"cannot remove {path}: permission denied") from exc
+
+
+def _describe_open_error(exc: OSError) -> str:
+    if exc.errno == errno.ELOOP:
+        return "is a symbolic link; not followed"
+    if exc.errno == errno.EACCES:
+        return "permission denied"
+    if exc.errno == errno.ENXIO:
+        return "not a regular file"
+    return exc.strerror or str(exc)

@@ -1,0 +1,134 @@
+"""Typed access to a store: blobs in, validated records out, problems reported.
+
+:class:`RecordCache` keeps the parsed records of one space and, on refresh,
+re-reads only the entries whose version changed (or only the keys a file
+watcher named), which is what makes rebuilding a snapshot of a large fleet
+cheap.  A blob that fails to parse is re-read once at once, because pi rewrites
+its files in place and a reader can catch one half-written; if it is still bad
+it is reported as corrupt, and the last good record for that key is kept
+alongside so the fleet view does not flicker.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Generic, TypeVar
+
+from ..models import FORMAT_VERSION, CorruptRecord, Record
+from .base import Blob, EntryUnreadable, Space, Store, Version
+
+R = TypeVar("R", bound=Record)
+
+
+@dataclass(frozen=True, slots=True)
+class Loaded(Generic[R]):
+    """One entry of a space as last read: its record, or why there is none."""
+
+    key: str
+    record: R | None
+    raw: bytes | None
+    version: Version
+    modified_ms: int
+    problem: str | None = None
+    last_good: R | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.record is not None
+
+
+def parse_blob(model: type[R], blob: Blob) -> R:
+    """Validate one blob as ``model``; raises :class:`CorruptRecord`."""
+    if not blob.data.strip():
+        raise CorruptRecord("empty file")
+    return model.from_json(blob.data)
+
+
+def read_record(store: Store, space: Space, key: str, model: type[R]) -> tuple[R, Blob] | None:
+    """Read and validate one record; ``None`` when absent.
+
+    Raises :class:`CorruptRecord` or :class:`EntryUnreadable` when it cannot be used.
+    """
+    blob = store.read(space, key)
+    if blob is None:
+        return None
+    return parse_blob(model, blob), blob
+
+
+def _version_problem(record: Record) -> str | None:
+    version = getattr(record, "format_version", None)
+    if isinstance(version, int) and version > FORMAT_VERSION:
+        return f"format version {version} is newer than this pi-dash understands ({FORMAT_VERSION})"
+    return None
+
+
+class RecordCache(Generic[R]):
+    """The parsed contents of one space, refreshed incrementally."""
+
+    def __init__(self, store: Store, space: Space, model: type[R]) -> None:
+        self.store = store
+        self.space = space
+        self.model = model
+        self.entries: dict[str, Loaded[R]] = {}
+        self.generation = 0
+
+    def refresh(self, changed: Iterable[str] | None = None) -> bool:
+        """Bring the cache up to date; returns whether anything changed.
+
+        With ``changed`` (keys a watcher reported) only those keys are looked
+        at; without it every version is compared.
+        """
+        if changed is None:
+            dirty = self._scan()
+        else:
+            dirty = False
+            for key in changed:
+                dirty |= self._load(key, None)
+        if dirty:
+            self.generation += 1
+        return dirty
+
+    def _scan(self) -> bool:
+        current = self.store.versions(self.space)
+        dirty = False
+        for key in self.entries.keys() - current.keys():
+            del self.entries[key]
+            dirty = True
+        for key, version in current.items():
+            known = self.entries.get(key)
+            if known is None or known.version != version:
+                dirty |= self._load(key, version)
+        return dirty
+
+    def _load(self, key: str, version: Version | None) -> bool:
+        previous = self.entries.get(key)
+        loaded = self._read(key, version, previous)
+        if loaded is None:
+            return self.entries.pop(key, None) is not None
+        if previous is not None and previous.version == loaded.version and previous.raw == loaded.raw:
+            return False
+        self.entries[key] = loaded
+        return True
+
+    def _read(self, key: str, version: Version | None, previous: Loaded[R] | None) -> Loaded[R] | None:
+        last_good = (previous.record or previous.last_good) if previous else None
+        for attempt in range(2):
+            try:
+                blob = self.store.read(self.space, key)
+            except EntryUnreadable as exc:
+                token = version if version is not None else ("unreadable", exc.reason)
+                return Loaded(key, None, None, token, 0, exc.reason, last_good)
+            if blob is None:
+                return None
+            try:
+                record = parse_blob(self.model, blob)
+            except CorruptRecord as exc:
+                if attempt == 0:
+                    continue  # maybe caught mid-write by an in-place writer: look again
+                return Loaded(key, None, blob.data, blob.version, blob.modified_ms, exc.reason, last_good)
+            return Loaded(key, record, blob.data, blob.version, blob.modified_ms, _version_problem(record))
+        raise AssertionError("unreachable")
+
+    def records(self) -> list[R]:
+        return [entry.record for entry in self.entries.values() if entry.record is not None]
