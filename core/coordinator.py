@@ -33,7 +33,6 @@ from .models import (
     StealableQueueEntry,
     StealClaim,
     StealingStats,
-    to_epoch_ms,
 )
 from .procs import HOSTNAME, Liveness, LivenessCache, own_start_ms
 from .stealing import StealingService, StolenWork
@@ -479,7 +478,7 @@ class Coordinator:
         timeout = self.config.heartbeat_timeout_ms
         liveness = self._liveness.check(
             info.pid,
-            registered_ms=to_epoch_ms(info.started_at),
+            registered_ms=info.started_ms,
             recorded_start_ms=info.process_started_at,
             hostname=info.hostname,
             now_ms=now,

@@ -53,6 +53,12 @@ def check(
     if pid == os.getpid():
         return Liveness.ALIVE
     try:
+        os.kill(pid, 0)  # the cheap answer first: most dead pids stop here
+    except ProcessLookupError:
+        return Liveness.DEAD
+    except (PermissionError, OverflowError, OSError):
+        pass
+    try:
         process = psutil.Process(pid)
         if process.status() == psutil.STATUS_ZOMBIE:
             return Liveness.DEAD

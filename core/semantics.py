@@ -14,13 +14,13 @@ import re
 from collections.abc import Iterable, Sequence
 from functools import lru_cache
 
-from .models import BroadcastQueueState, CoordinatorConfig, InstanceInfo, StealableQueueEntry, to_epoch_ms
+from .models import BroadcastQueueState, CoordinatorConfig, InstanceInfo, StealableQueueEntry
 
 STEAL_VICTIM_MIN_PENDING = 3  # "another's pending is > 2"
 
 
 def heartbeat_age_ms(instance: InstanceInfo, now_ms: int) -> int:
-    return now_ms - to_epoch_ms(instance.last_heartbeat)
+    return now_ms - instance.heartbeat_ms
 
 
 def is_alive(instance: InstanceInfo, now_ms: int, timeout_ms: int) -> bool:
@@ -61,7 +61,8 @@ def fleet_dynamic_limits(total_max_llm: int, pendings: Sequence[int], plain_limi
     if not any(p > 0 for p in pendings):
         return [plain_limit] * len(pendings)
     total_weight = sum(1 / (p + 1) for p in pendings)
-    return [_share_limit(total_max_llm, p, total_weight) for p in pendings]
+    by_pending = {p: _share_limit(total_max_llm, p, total_weight) for p in set(pendings)}
+    return [by_pending[p] for p in pendings]
 
 
 def _share_limit(total_max_llm: int, pending: int, total_weight: float) -> int:
@@ -122,12 +123,12 @@ def fresh_queue_states(
     return [
         s
         for s in states
-        if s.instance_id != exclude and now_ms - to_epoch_ms(s.timestamp) <= config.queue_fresh_ms
+        if s.instance_id != exclude and now_ms - s.timestamp_ms <= config.queue_fresh_ms
     ]
 
 
 def is_expired_queue_state(state: BroadcastQueueState, now_ms: int, config: CoordinatorConfig) -> bool:
-    return now_ms - to_epoch_ms(state.timestamp) > config.heartbeat_timeout_ms
+    return now_ms - state.timestamp_ms > config.heartbeat_timeout_ms
 
 
 def steal_victims(states: Iterable[BroadcastQueueState]) -> list[BroadcastQueueState]:

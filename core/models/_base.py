@@ -9,7 +9,7 @@ so that a read -> write round trip loses nothing.
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from typing import Annotated, Any, ClassVar, Self
 
 from pydantic import (
@@ -41,8 +41,12 @@ def from_epoch_ms(epoch_ms: int | float) -> datetime:
     return datetime.fromtimestamp(epoch_ms / 1000, tz=timezone.utc)
 
 
+_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+_MS = timedelta(milliseconds=1)
+
+
 def to_epoch_ms(moment: datetime) -> int:
-    return int(moment.timestamp() * 1000 + (0.5 if moment.timestamp() >= 0 else -0.5))
+    return (moment - _EPOCH) // _MS
 
 
 def _assume_utc(moment: datetime) -> datetime:
@@ -89,6 +93,7 @@ class Record(BaseModel):
     )
 
     KEEP_NULL: ClassVar[frozenset[str]] = frozenset()
+    VERSIONED: ClassVar[bool] = False  # pi-dash's own records carry a ``formatVersion``
     _omit_if_none: ClassVar[tuple[str, ...]] = ()
 
     @classmethod

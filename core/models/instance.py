@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from functools import cached_property
+
 from pydantic import Field
 
-from ._base import JsNumber, JsTime, Record
+from ._base import JsNumber, JsTime, Record, to_epoch_ms
 
 
 class ActiveModelInfo(Record):
@@ -35,6 +37,15 @@ class InstanceInfo(Record):
     last_task_completed_at: JsTime | None = None
     hostname: str | None = None
     process_started_at: int | None = None
+
+    @cached_property
+    def heartbeat_ms(self) -> int:
+        """``last_heartbeat`` in epoch milliseconds (computed once: snapshots ask often)."""
+        return to_epoch_ms(self.last_heartbeat)
+
+    @cached_property
+    def started_ms(self) -> int:
+        return to_epoch_ms(self.started_at)
 
     @property
     def pending(self) -> int:

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from enum import IntEnum
+from functools import cached_property
 
 from pydantic import Field
 
-from ._base import JsNumber, JsTime, Record
+from ._base import JsNumber, JsTime, Record, to_epoch_ms
 
 
 class Priority(IntEnum):
@@ -52,3 +53,7 @@ class BroadcastQueueState(Record):
     avg_latency_ms: JsNumber | None = Field(default=None, ge=0)
     active_orchestrations: int = 0
     stealable_entries: tuple[StealableQueueEntry, ...] = ()
+
+    @cached_property
+    def timestamp_ms(self) -> int:
+        return to_epoch_ms(self.timestamp)

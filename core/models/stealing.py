@@ -19,6 +19,7 @@ class StealingStats(Record):
     """
 
     KEEP_NULL = frozenset({"last_attempt_at", "last_success_at"})
+    VERSIONED = True
 
     format_version: int = FORMAT_VERSION
     instance_id: str
@@ -55,6 +56,8 @@ class StealClaim(Record):
     Created with an atomic create-if-absent, so of all the thieves (and the
     owner, which claims its own entries before running them) exactly one wins.
     """
+
+    VERSIONED = True
 
     format_version: int = FORMAT_VERSION
     owner_instance_id: str

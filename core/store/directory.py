@@ -87,10 +87,12 @@ class DirectoryStore(Store):
 
     def __init__(self, root: str | os.PathLike[str]) -> None:
         self.root = Path(root)
+        self._root = str(self.root)
+        self._dirs: dict[Space, str] = {}
         self._guard_fds: dict[int, int] = {}
         self._guard_pid = os.getpid()
         self._thread_guards = [threading.Lock() for _ in range(GUARD_STRIPES)]
-        self._made_dirs: set[Path] = set()
+        self._made_dirs: set[str] = set()
 
     def __repr__(self) -> str:
         return f"DirectoryStore({str(self.root)!r})"
@@ -99,8 +101,12 @@ class DirectoryStore(Store):
         return f"directory {self.root}"
 
     # ----------------------------------------------------------------- paths
-    def _dir(self, space: Space) -> Path:
-        return self.root / space.name
+    def _dir(self, space: Space) -> str:
+        # Plain strings, not Paths: path objects cost more than the syscalls here.
+        path = self._dirs.get(space)
+        if path is None:
+            path = self._dirs[space] = os.path.join(self._root, space.name)
+        return path
 
     def _filename(self, space: Space, key: str) -> str:
         if not key:
@@ -127,11 +133,11 @@ class DirectoryStore(Store):
         except (ValueError, UnicodeDecodeError):
             return None
 
-    def _ensure_dir(self, path: Path) -> None:
+    def _ensure_dir(self, path: str) -> None:
         if path in self._made_dirs:
             return
         try:
-            path.mkdir(mode=0o700, parents=True, exist_ok=True)
+            os.makedirs(path, mode=0o700, exist_ok=True)
         except PermissionError as exc:
             raise StoreError(f"cannot create {path}: permission denied") from exc
         except OSError as exc:
@@ -163,9 +169,9 @@ class DirectoryStore(Store):
             self._guard_pid = os.getpid()
         fd = self._guard_fds.get(stripe)
         if fd is None:
-            guard_dir = self.root / GUARD_DIR
+            guard_dir = os.path.join(self._root, GUARD_DIR)
             self._ensure_dir(guard_dir)
-            fd = os.open(guard_dir / f"{stripe:02x}", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            fd = os.open(os.path.join(guard_dir, f"{stripe:02x}"), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
             self._guard_fds[stripe] = fd
         return fd
 
@@ -211,13 +217,13 @@ class DirectoryStore(Store):
         return [key for key in map(lambda name: self._key_of(space, name), names) if key is not None]
 
     def read(self, space: Space, key: str) -> Blob | None:
-        return self._read_path(self._dir(space) / self._filename(space, key), key)
+        return self._read_path(os.path.join(self._dir(space), self._filename(space, key)), key)
 
     def read_config(self) -> bytes | None:
-        blob = self._read_path(self.root / CONFIG_FILE, CONFIG_FILE)
+        blob = self._read_path(os.path.join(self._root, CONFIG_FILE), CONFIG_FILE)
         return None if blob is None else blob.data
 
-    def _read_path(self, path: Path, key: str) -> Blob | None:
+    def _read_path(self, path: str, key: str) -> Blob | None:
         try:
             fd = os.open(path, _READ_FLAGS)
         except FileNotFoundError:
@@ -230,17 +236,19 @@ class DirectoryStore(Store):
                 raise EntryUnreadable(key, "not a regular file")
             if st.st_size > MAX_BLOB_BYTES:
                 raise EntryUnreadable(key, f"{st.st_size} bytes is larger than the {MAX_BLOB_BYTES} allowed")
-            chunks = []
-            remaining = MAX_BLOB_BYTES + 1
-            while remaining > 0:
-                chunk = os.read(fd, min(remaining, 1 << 20))
+            # One read of size+1 normally returns the whole file and proves
+            # the end; a file that grew meanwhile is read on to the cap.
+            chunks = [os.read(fd, st.st_size + 1)]
+            total = len(chunks[0])
+            while total > st.st_size and total <= MAX_BLOB_BYTES:
+                chunk = os.read(fd, 1 << 20)
                 if not chunk:
                     break
                 chunks.append(chunk)
-                remaining -= len(chunk)
-            data = b"".join(chunks)
-            if len(data) > MAX_BLOB_BYTES:
+                total += len(chunk)
+            if total > MAX_BLOB_BYTES:
                 raise EntryUnreadable(key, f"larger than the {MAX_BLOB_BYTES} bytes allowed")
+            data = chunks[0] if len(chunks) == 1 else b"".join(chunks)
         except OSError as exc:
             raise EntryUnreadable(key, exc.strerror or str(exc)) from None
         finally:
@@ -249,10 +257,10 @@ class DirectoryStore(Store):
         return Blob(key, data, version, st.st_mtime_ns // 1_000_000)
 
     # ------------------------------------------------------------- writing
-    def _stage(self, directory: Path, filename: str, data: bytes, durable: bool) -> Path:
+    def _stage(self, directory: str, filename: str, data: bytes, durable: bool) -> str:
         """Write ``data`` to a fresh hidden temporary file beside its final name."""
         self._ensure_dir(directory)
-        temp = directory / f".{filename}.{os.getpid()}.{secrets.token_hex(4)}{TEMP_SUFFIX}"
+        temp = os.path.join(directory, f".{filename}.{os.getpid()}.{secrets.token_hex(4)}{TEMP_SUFFIX}")
         try:
             fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
         except OSError as exc:
@@ -276,29 +284,29 @@ class DirectoryStore(Store):
         temp = self._stage(directory, filename, data, durable)
         try:
             with self._guard(space, filename):
-                os.replace(temp, directory / filename)
+                os.replace(temp, os.path.join(directory, filename))
         except OSError as exc:
             _unlink_quietly(temp)
-            raise StoreError(f"cannot replace {directory / filename}: {exc.strerror}") from None
+            raise StoreError(f"cannot replace {os.path.join(directory, filename)}: {exc.strerror}") from None
 
     def create(self, space: Space, key: str, data: bytes) -> bool:
         directory = self._dir(space)
         filename = self._filename(space, key)
         temp = self._stage(directory, filename, data, durable=False)
         try:
-            os.link(temp, directory / filename)
+            os.link(temp, os.path.join(directory, filename))
             return True
         except FileExistsError:
             return False
         except OSError as exc:
             if exc.errno in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EMLINK):
-                return self._create_without_link(directory / filename, data)
-            raise StoreError(f"cannot create {directory / filename}: {exc.strerror}") from None
+                return self._create_without_link(os.path.join(directory, filename), data)
+            raise StoreError(f"cannot create {os.path.join(directory, filename)}: {exc.strerror}") from None
         finally:
             _unlink_quietly(temp)
 
     @staticmethod
-    def _create_without_link(path: Path, data: bytes) -> bool:
+    def _create_without_link(path: str, data: bytes) -> bool:
         """Fallback for file systems without hard links: ``O_EXCL`` still makes it atomic."""
         try:
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
@@ -316,10 +324,10 @@ class DirectoryStore(Store):
         temp = self._stage(directory, filename, data, durable=False)
         try:
             with self._guard(space, filename):
-                current = self._read_path(directory / filename, key)
+                current = self._read_path(os.path.join(directory, filename), key)
                 if current is None or current.data != expected:
                     return False
-                os.replace(temp, directory / filename)
+                os.replace(temp, os.path.join(directory, filename))
                 return True
         finally:
             _unlink_quietly(temp)
@@ -329,17 +337,17 @@ class DirectoryStore(Store):
         filename = self._filename(space, key)
         with self._guard(space, filename):
             try:
-                current = self._read_path(directory / filename, key)
+                current = self._read_path(os.path.join(directory, filename), key)
             except EntryUnreadable:
                 return False
             if current is None or current.data != expected:
                 return False
-            return _unlink_quietly(directory / filename)
+            return _unlink_quietly(os.path.join(directory, filename))
 
     def delete(self, space: Space, key: str) -> bool:
         filename = self._filename(space, key)
         with self._guard(space, filename):
-            return _unlink_quietly(self._dir(space) / filename)
+            return _unlink_quietly(os.path.join(self._dir(space), filename))
 
     def sweep(self, older_than_ms: int) -> int:
         """Remove temporary files that crashed writers left behind."""
@@ -355,13 +363,13 @@ class DirectoryStore(Store):
                     continue
                 try:
                     if entry.stat(follow_symlinks=False).st_mtime_ns < cutoff_ns:
-                        removed += _unlink_quietly(Path(entry.path))
+                        removed += _unlink_quietly(entry.path)
                 except OSError:
                     continue
         return removed
 
 
-def _unlink_quietly(path: Path) -> bool:
+def _unlink_quietly(path: str) -> bool:
     try:
         os.unlink(path)
         return True

@@ -12,8 +12,7 @@ alongside so the fleet view does not flicker.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass
-from typing import Generic, TypeVar
+from typing import Generic, NamedTuple, TypeVar
 
 from ..models import FORMAT_VERSION, CorruptRecord, Record
 from .base import Blob, EntryUnreadable, Space, Store, Version
@@ -21,9 +20,11 @@ from .base import Blob, EntryUnreadable, Space, Store, Version
 R = TypeVar("R", bound=Record)
 
 
-@dataclass(frozen=True, slots=True)
-class Loaded(Generic[R]):
-    """One entry of a space as last read: its record, or why there is none."""
+class Loaded(NamedTuple, Generic[R]):
+    """One entry of a space as last read: its record, or why there is none.
+
+    A tuple rather than a dataclass: a cold read of a big fleet makes thousands.
+    """
 
     key: str
     record: R | None
@@ -57,8 +58,10 @@ def read_record(store: Store, space: Space, key: str, model: type[R]) -> tuple[R
 
 
 def _version_problem(record: Record) -> str | None:
-    version = getattr(record, "format_version", None)
-    if isinstance(version, int) and version > FORMAT_VERSION:
+    if not record.VERSIONED:
+        return None  # one of pi's own records: they carry no version
+    version = record.format_version  # type: ignore[attr-defined]
+    if version > FORMAT_VERSION:
         return f"format version {version} is newer than this pi-dash understands ({FORMAT_VERSION})"
     return None
 
@@ -90,6 +93,13 @@ class RecordCache(Generic[R]):
         return dirty
 
     def _scan(self) -> bool:
+        if not self.entries:
+            # Nothing cached yet: every entry must be read anyway, and a read
+            # returns its version, so skip the listing's per-entry stat.
+            dirty = False
+            for key in self.store.keys(self.space):
+                dirty |= self._load(key, None)
+            return dirty
         current = self.store.versions(self.space)
         dirty = False
         for key in self.entries.keys() - current.keys():

@@ -1,0 +1,477 @@
+"""``FleetSnapshot``: one immutable value describing the whole fleet at an instant.
+
+The dashboard and ``pi-dash status`` render nothing else.  A
+:class:`SnapshotBuilder` keeps a :class:`~core.store.RecordCache` per space, so
+building again after a change re-reads only the entries that changed (or only
+those a file watcher names), and recomputes the figures with the same
+arithmetic the instances use (:mod:`core.semantics`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any, NamedTuple
+
+from . import semantics
+from .clock import SYSTEM_CLOCK, Clock
+from .config import load_config
+from .models import (
+    BroadcastQueueState,
+    CoordinatorConfig,
+    DistributedLock,
+    InstanceInfo,
+    StealClaim,
+    StealingStats,
+)
+from .procs import Liveness, LivenessCache
+from .store import CLAIMS, INSTANCES, LOCKS, QUEUES, STEALING_STATS, Loaded, RecordCache, Space, Store
+
+# A heartbeat this far in the future means the writer's clock is ahead of ours.
+CLOCK_SKEW_TOLERANCE_MS = 5_000
+
+
+class Status(str, Enum):
+    ALIVE = "alive"  # heartbeat within two intervals
+    STALE = "stale"  # heartbeat late, but pi still counts it (younger than the timeout)
+    DEAD = "dead"  # heartbeat past the timeout, or its process is gone
+    CORRUPT = "corrupt"  # the file cannot be read as an instance
+
+
+@dataclass(frozen=True, slots=True)
+class Problem:
+    kind: str  # corrupt | unreadable | clock-skew | unknown-version | config | dead-pid
+    where: str  # "instances/x.lock", "coordinator.json", "environment"...
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.where}: {self.message}"
+
+
+class InstanceView(NamedTuple):
+    """One instance file and what it means now (a tuple: thousands are built per second)."""
+
+    key: str
+    info: InstanceInfo | None
+    status: Status
+    heartbeat_age_ms: int | None
+    counted: bool  # alive by pi's rule, so part of every figure
+    pid_running: Liveness
+    parallel_limit: int | None  # its dynamic share of totalMaxLlm
+    queue: BroadcastQueueState | None
+    stats: StealingStats | None
+    problem: str | None
+
+    @property
+    def instance_id(self) -> str:
+        return self.info.instance_id if self.info else self.key
+
+    @property
+    def pending(self) -> int:
+        return self.info.pending if self.info else 0
+
+
+class QueueView(NamedTuple):
+    instance_id: str
+    state: BroadcastQueueState
+    age_ms: int
+    fresh: bool  # young enough (two intervals) for thieves to act on
+    claimed_entries: int
+
+
+class LockView(NamedTuple):
+    key: str
+    lock: DistributedLock | None
+    age_ms: int | None
+    ttl_left_ms: int | None
+    expired: bool
+    problem: str | None
+
+    @property
+    def resource(self) -> str:
+        return self.lock.resource if self.lock else self.key
+
+
+class ModelView(NamedTuple):
+    provider: str
+    model: str
+    instance_count: int
+    parallel_limit: int  # per-instance share of the plain limit for this model
+
+
+@dataclass(frozen=True, slots=True)
+class StealingTotals:
+    attempts: int
+    successes: int
+    failures: int
+    avg_latency_ms: float
+    last_success_at: int | None
+    claims: int
+
+    @property
+    def success_rate(self) -> float:
+        return self.successes / self.attempts if self.attempts else 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class FleetFigures:
+    """The numbers pi's coordinator computes for this directory."""
+
+    active_count: int
+    parallel_limit: int
+    total_pending: int
+    stealable_tasks: int
+    idle_instances: int
+    busy_instances: int
+    status_counts: Mapping[Status, int] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class FleetSnapshot:
+    taken_at_ms: int
+    source: str
+    config: CoordinatorConfig
+    instances: tuple[InstanceView, ...]
+    queues: tuple[QueueView, ...]
+    locks: tuple[LockView, ...]
+    models: tuple[ModelView, ...]
+    stealing: StealingTotals
+    figures: FleetFigures
+    problems: tuple[Problem, ...]
+
+    def instance(self, instance_id: str) -> InstanceView | None:
+        return next((i for i in self.instances if i.instance_id == instance_id), None)
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready description (camelCase records as on disk, snake_case figures)."""
+        return {
+            "takenAtMs": self.taken_at_ms,
+            "source": self.source,
+            "config": self.config.model_dump(mode="json", by_alias=True),
+            "figures": {
+                "activeCount": self.figures.active_count,
+                "parallelLimit": self.figures.parallel_limit,
+                "totalPending": self.figures.total_pending,
+                "stealableTasks": self.figures.stealable_tasks,
+                "idleInstances": self.figures.idle_instances,
+                "busyInstances": self.figures.busy_instances,
+                "statusCounts": {s.value: n for s, n in self.figures.status_counts.items()},
+            },
+            "instances": [
+                {
+                    "key": i.key,
+                    "status": i.status.value,
+                    "counted": i.counted,
+                    "pidRunning": i.pid_running.value,
+                    "heartbeatAgeMs": i.heartbeat_age_ms,
+                    "parallelLimit": i.parallel_limit,
+                    "problem": i.problem,
+                    "info": i.info.model_dump(mode="json", by_alias=True) if i.info else None,
+                }
+                for i in self.instances
+            ],
+            "queues": [
+                {
+                    "instanceId": q.instance_id,
+                    "ageMs": q.age_ms,
+                    "fresh": q.fresh,
+                    "claimedEntries": q.claimed_entries,
+                    "pendingTaskCount": q.state.pending_task_count,
+                    "activeOrchestrations": q.state.active_orchestrations,
+                    "stealableEntries": len(q.state.stealable_entries),
+                }
+                for q in self.queues
+            ],
+            "locks": [
+                {
+                    "key": lv.key,
+                    "resource": lv.resource,
+                    "holder": lv.lock.holder if lv.lock else None,
+                    "ageMs": lv.age_ms,
+                    "ttlLeftMs": lv.ttl_left_ms,
+                    "expired": lv.expired,
+                    "problem": lv.problem,
+                }
+                for lv in self.locks
+            ],
+            "models": [
+                {"provider": m.provider, "model": m.model, "instanceCount": m.instance_count, "parallelLimit": m.parallel_limit}
+                for m in self.models
+            ],
+            "stealing": {
+                "attempts": self.stealing.attempts,
+                "successes": self.stealing.successes,
+                "failures": self.stealing.failures,
+                "successRate": self.stealing.success_rate,
+                "avgLatencyMs": self.stealing.avg_latency_ms,
+                "lastSuccessAt": self.stealing.last_success_at,
+                "claims": self.stealing.claims,
+            },
+            "problems": [{"kind": p.kind, "where": p.where, "message": p.message} for p in self.problems],
+        }
+
+
+def _where(space: Space, key: str) -> str:
+    return f"{space.name}/{key}{space.suffix}"
+
+
+def _entry_problems(space: Space, entries: Mapping[str, Loaded[Any]]) -> list[Problem]:
+    problems = []
+    for key, entry in entries.items():
+        if entry.problem is None:
+            continue
+        if entry.record is not None:
+            kind = "unknown-version"
+        elif entry.raw is None:
+            kind = "unreadable"
+        else:
+            kind = "corrupt"
+        problems.append(Problem(kind, _where(space, key), entry.problem))
+    return problems
+
+
+@dataclass(frozen=True, slots=True)
+class _Index:
+    generations: tuple[int, ...]
+    instances: list[tuple[str, Loaded[InstanceInfo]]]
+    queues: list[BroadcastQueueState]
+    queue_by_id: dict[str, BroadcastQueueState]
+    stats_by_id: dict[str, StealingStats]
+    claims_per_owner: dict[str, int]
+    claims: int
+    locks: list[tuple[str, Loaded[DistributedLock]]]
+    entry_problems: list[Problem]
+
+
+class SnapshotBuilder:
+    """Builds successive :class:`FleetSnapshot` values of one store, incrementally."""
+
+    def __init__(
+        self,
+        store: Store,
+        *,
+        clock: Clock = SYSTEM_CLOCK,
+        config: Mapping[str, int] | None = None,
+        env: Mapping[str, str] | None = None,
+        check_pids: bool = True,
+    ) -> None:
+        self.store = store
+        self.clock = clock
+        self._config_overrides = config
+        self._env = env
+        self.check_pids = check_pids
+        self._liveness = LivenessCache()
+        self._dead_pid_problems: dict[tuple[str, int], Problem] = {}
+        self._last_index: _Index | None = None
+        self._alive_memo: tuple[tuple[int, int, int], tuple[int, dict[str, int], tuple[ModelView, ...]]] | None = None
+        self._caches: dict[Space, RecordCache[Any]] = {
+            INSTANCES: RecordCache(store, INSTANCES, InstanceInfo),
+            QUEUES: RecordCache(store, QUEUES, BroadcastQueueState),
+            LOCKS: RecordCache(store, LOCKS, DistributedLock),
+            STEALING_STATS: RecordCache(store, STEALING_STATS, StealingStats),
+            CLAIMS: RecordCache(store, CLAIMS, StealClaim),
+        }
+
+    def _dead_pid_problem(self, key: str, pid: int) -> Problem:
+        # The same words for the same dead instance on every build: made once.
+        problem = self._dead_pid_problems.get((key, pid))
+        if problem is None:
+            if len(self._dead_pid_problems) > 10_000:
+                self._dead_pid_problems.clear()
+            problem = self._dead_pid_problems[(key, pid)] = Problem(
+                "dead-pid", _where(INSTANCES, key), f"pid {pid} is not running; pi counts it until its heartbeat expires"
+            )
+        return problem
+
+    def build(self, changed: Mapping[Space, Iterable[str]] | None = None) -> FleetSnapshot:
+        """A snapshot as of now.
+
+        ``changed`` names the keys a watcher saw change, per space; spaces it
+        leaves out are not looked at.  Without it every space is rescanned
+        (one directory listing each) and only changed entries are re-read.
+        Raises :class:`~core.store.StoreUnavailable` if the store cannot be read.
+        """
+        self.store.check()
+        for space, cache in self._caches.items():
+            if changed is None:
+                cache.refresh()
+            elif space in changed:
+                cache.refresh(changed[space])
+        config, config_problems = load_config(self.store, self._config_overrides, self._env)
+        return self._compose(self.clock.now_ms(), config, config_problems)
+
+    def _index(self) -> _Index:
+        """Lookups that change only when some space's content changes."""
+        generations = tuple(cache.generation for cache in self._caches.values())
+        if self._last_index is not None and self._last_index.generations == generations:
+            return self._last_index
+        queue_by_id = {q.instance_id: q for q in self._caches[QUEUES].records()}
+        claims_per_owner: dict[str, int] = {}
+        for key in self._caches[CLAIMS].entries:
+            owner = key.rpartition("/")[0]
+            claims_per_owner[owner] = claims_per_owner.get(owner, 0) + 1
+        problems = []
+        for space, cache in self._caches.items():
+            problems.extend(_entry_problems(space, cache.entries))
+        self._last_index = _Index(
+            generations=generations,
+            instances=sorted(self._caches[INSTANCES].entries.items()),
+            queues=sorted(queue_by_id.values(), key=lambda q: (-q.pending_task_count, q.instance_id)),
+            queue_by_id=queue_by_id,
+            stats_by_id={s.instance_id: s for s in self._caches[STEALING_STATS].records()},
+            claims_per_owner=claims_per_owner,
+            claims=len(self._caches[CLAIMS].entries),
+            locks=sorted(self._caches[LOCKS].entries.items()),
+            entry_problems=problems,
+        )
+        return self._last_index
+
+    def _alive_figures(
+        self, alive: list[InstanceInfo], config: CoordinatorConfig, generation: int
+    ) -> tuple[int, dict[str, int], tuple[ModelView, ...]]:
+        """Plain limit, per-instance dynamic limits and model usage of the alive set.
+
+        Within one generation of the instance files the alive set only
+        shrinks as time passes, so its size identifies it: recomputed only
+        when the files or that size change.
+        """
+        memo_key = (generation, len(alive), config.total_max_llm)
+        if self._alive_memo is not None and self._alive_memo[0] == memo_key:
+            return self._alive_memo[1]
+        plain = semantics.parallel_limit(config.total_max_llm, semantics.active_count(alive))
+        shares = semantics.fleet_dynamic_limits(config.total_max_llm, [r.pending for r in alive], plain)
+        limits = dict(zip((r.instance_id for r in alive), shares))
+        models = tuple(
+            ModelView(p, m, n, semantics.model_parallel_limit(plain, n)) for p, m, n in semantics.model_usage(alive)
+        )
+        result = (plain, limits, models)
+        self._alive_memo = (memo_key, result)
+        return result
+
+    def _compose(self, now: int, config: CoordinatorConfig, config_problems: list[str]) -> FleetSnapshot:
+        index = self._index()
+        problems = [Problem("config", "coordinator.json", p) for p in config_problems]
+        problems.extend(index.entry_problems)
+
+        timeout = config.heartbeat_timeout_ms
+        stale_after = 2 * config.heartbeat_interval_ms
+        alive_records: list[InstanceInfo] = []
+        judged: list[tuple[str, Loaded[InstanceInfo], Status, int | None, bool, Liveness]] = []
+        for key, entry in index.instances:
+            info = entry.record
+            if info is None:
+                judged.append((key, entry, Status.CORRUPT, None, False, Liveness.UNKNOWN))
+                continue
+            age = now - info.heartbeat_ms
+            counted = age < timeout
+            liveness = Liveness.UNKNOWN
+            if counted:
+                alive_records.append(info)
+                if self.check_pids:
+                    liveness = self._liveness.check(
+                        info.pid,
+                        registered_ms=info.started_ms,
+                        recorded_start_ms=info.process_started_at,
+                        hostname=info.hostname,
+                        now_ms=now,
+                    )
+            if age < -CLOCK_SKEW_TOLERANCE_MS:
+                problems.append(
+                    Problem("clock-skew", _where(INSTANCES, key), f"heartbeat is {-age // 1000} s in the future")
+                )
+            elif not counted and now - entry.modified_ms < timeout:
+                written = (now - entry.modified_ms) // 1000
+                problems.append(
+                    Problem(
+                        "clock-skew",
+                        _where(INSTANCES, key),
+                        f"file written {written} s ago but its heartbeat is {age // 1000} s old",
+                    )
+                )
+            if liveness is Liveness.DEAD:
+                status = Status.DEAD
+                problems.append(self._dead_pid_problem(key, info.pid))
+            elif not counted:
+                status = Status.DEAD
+            elif age >= stale_after:
+                status = Status.STALE
+            else:
+                status = Status.ALIVE
+            judged.append((key, entry, status, age, counted, liveness))
+
+        plain, limits, models = self._alive_figures(alive_records, config, self._caches[INSTANCES].generation)
+        views = []
+        counts = dict.fromkeys(Status, 0)
+        queue_by_id = index.queue_by_id
+        stats_by_id = index.stats_by_id
+        for key, entry, status, age, counted, liveness in judged:
+            info = entry.record
+            counts[status] += 1
+            instance_id = info.instance_id if info else key
+            views.append(
+                InstanceView(
+                    key,
+                    info,
+                    status,
+                    age,
+                    counted,
+                    liveness,
+                    limits.get(instance_id) if counted else None,
+                    queue_by_id.get(instance_id),
+                    stats_by_id.get(instance_id),
+                    entry.problem,
+                )
+            )
+
+        fresh_limit = config.queue_fresh_ms
+        queue_views = []
+        stealable = 0
+        for state in index.queues:
+            age = now - state.timestamp_ms
+            fresh = age <= fresh_limit
+            if fresh:
+                stealable += len(state.stealable_entries)
+            queue_views.append(QueueView(state.instance_id, state, age, fresh, index.claims_per_owner.get(state.instance_id, 0)))
+
+        lock_views = []
+        for key, entry in index.locks:
+            lock = entry.record
+            if lock is None:
+                lock_views.append(LockView(key, None, None, None, False, entry.problem))
+            else:
+                lock_views.append(
+                    LockView(key, lock, now - lock.acquired_at, lock.ttl_left_ms(now), lock.is_expired(now), entry.problem)
+                )
+
+        all_stats = index.stats_by_id.values()
+        latencies = [s.avg_latency_ms for s in all_stats if s.total_attempts]
+        stealing = StealingTotals(
+            attempts=sum(s.total_attempts for s in all_stats),
+            successes=sum(s.successful_steals for s in all_stats),
+            failures=sum(s.failed_attempts for s in all_stats),
+            avg_latency_ms=sum(latencies) / len(latencies) if latencies else 0.0,
+            last_success_at=max((s.last_success_at for s in all_stats if s.last_success_at), default=None),
+            claims=index.claims,
+        )
+        figures = FleetFigures(
+            active_count=semantics.active_count(alive_records),
+            parallel_limit=plain,
+            total_pending=sum(r.pending for r in alive_records),
+            stealable_tasks=stealable,
+            idle_instances=sum(1 for r in alive_records if r.pending == 0),
+            busy_instances=sum(1 for r in alive_records if r.pending >= semantics.STEAL_VICTIM_MIN_PENDING),
+            status_counts=counts,
+        )
+        return FleetSnapshot(
+            taken_at_ms=now,
+            source=self.store.describe(),
+            config=config,
+            instances=tuple(views),
+            queues=tuple(queue_views),
+            locks=tuple(lock_views),
+            models=models,
+            stealing=stealing,
+            figures=figures,
+            problems=tuple(problems),
+        )
