@@ -34,7 +34,8 @@ from .models import (
     StealClaim,
     StealingStats,
 )
-from .procs import HOSTNAME, Liveness, LivenessCache, own_start_ms
+from . import procs
+from .procs import HOSTNAME, Liveness, own_start_ms
 from .stealing import StealingService, StolenWork
 from .store import (
     CLAIMS,
@@ -117,7 +118,6 @@ class Coordinator:
         self._queues = RecordCache(self.store, QUEUES, BroadcastQueueState)
         self._locks_cache = RecordCache(self.store, LOCKS, DistributedLock)
         self._claims_cache = RecordCache(self.store, CLAIMS, StealClaim)
-        self._liveness = LivenessCache()
         self._state = threading.RLock()
         self._info: InstanceInfo | None = None
         self._locks: LockService | None = None
@@ -463,9 +463,7 @@ class Coordinator:
             else:
                 pid = pid_from_instance_id(key)
                 file_old = now - entry.modified_ms >= timeout
-                pid_gone = pid is None or self._liveness.check(
-                    pid, registered_ms=entry.modified_ms, recorded_start_ms=None, hostname=None, now_ms=now
-                ) is Liveness.DEAD
+                pid_gone = pid is None or procs.check(pid, registered_ms=entry.modified_ms) is Liveness.DEAD
                 dead = file_old and pid_gone
             if dead and self.store.delete_if(INSTANCES, key, entry.raw):
                 removed.append(key)
@@ -476,12 +474,11 @@ class Coordinator:
 
     def _is_dead(self, info: InstanceInfo, modified_ms: int, now: int) -> bool:
         timeout = self.config.heartbeat_timeout_ms
-        liveness = self._liveness.check(
+        liveness = procs.check(
             info.pid,
             registered_ms=info.started_ms,
             recorded_start_ms=info.process_started_at,
             hostname=info.hostname,
-            now_ms=now,
         )
         if liveness is Liveness.DEAD:
             return True

@@ -46,7 +46,7 @@ class Problem:
     message: str
 
     def __str__(self) -> str:
-        return f"{self.where}: {self.message}"
+        return f"{self.where}: {self.kind}: {self.message}"
 
 
 class InstanceView(NamedTuple):

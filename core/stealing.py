@@ -174,7 +174,8 @@ class StealingService:
             owner, entry_id = split_claim_key(key)
             state = queue_states.get(owner)
             offered = state is not None and any(e.id == entry_id for e in state.stealable_entries)
-            old = now - loaded.modified_ms > retention_ms
+            claimed_at = loaded.record.claimed_at if loaded.record else loaded.modified_ms
+            old = now - claimed_at > retention_ms
             gone = owner not in live_instances and state is None
             if (gone or (old and not offered)) and self.store.delete_if(CLAIMS, key, loaded.raw):
                 removed.append(key)

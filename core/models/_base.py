@@ -121,9 +121,10 @@ class Record(BaseModel):
             return cls.model_validate_json(data)
         except ValidationError as exc:
             first = exc.errors()[0]
-            where = ".".join(str(part) for part in first.get("loc", ())) or "document"
+            where = ".".join(str(part) for part in first.get("loc", ()))
             more = f" (+{exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
-            raise CorruptRecord(f"{where}: {first['msg']}{more}") from None
+            prefix = f"{where}: " if where else ""
+            raise CorruptRecord(f"{prefix}{first['msg']}{more}") from None
         except (ValueError, RecursionError) as exc:
             raise CorruptRecord(f"unreadable JSON: {exc}") from None
 

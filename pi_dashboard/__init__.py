@@ -1,0 +1,3 @@
+"""pi-dash: the dashboard and command line over :mod:`core`'s ``FleetSnapshot``."""
+
+__version__ = "0.1.0"

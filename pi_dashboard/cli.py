@@ -1,0 +1,53 @@
+"""The ``pi-dash`` command line."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+from collections.abc import Sequence
+
+from core.snapshot import SnapshotBuilder
+from core.store import DirectoryStore, StoreError, default_root
+
+from . import __version__
+from .status_report import render
+
+EXIT_UNAVAILABLE = 2
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="pi-dash",
+        description="Live monitor and coordination engine for fleets of pi coding-agent instances.",
+    )
+    parser.add_argument("--version", action="version", version=f"pi-dash {__version__}")
+    root_help = "coordination directory (default: $PI_RUNTIME_DIR, else ~/.pi/runtime)"
+    parser.add_argument("--root", metavar="DIR", help=root_help)
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    status = commands.add_parser("status", help="print the fleet's state once (a table, or JSON)")
+    status.add_argument("--root", metavar="DIR", help=root_help, default=argparse.SUPPRESS)
+    status.add_argument("--json", action="store_true", help="machine-readable output")
+    return parser
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    store = DirectoryStore(default_root(args.root))
+    try:
+        snapshot = SnapshotBuilder(store).build()
+    except StoreError as exc:
+        print(f"pi-dash: cannot read the fleet: {exc}", file=sys.stderr)
+        return EXIT_UNAVAILABLE
+    if getattr(args, "json", False):
+        json.dump(snapshot.to_dict(), sys.stdout, indent=2, ensure_ascii=False)
+        sys.stdout.write("\n")
+    else:
+        print(render(snapshot, width=shutil.get_terminal_size((100, 24)).columns))
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    # Until the live dashboard lands, the bare command prints the status.
+    return cmd_status(args)

@@ -1,0 +1,105 @@
+"""``pi-dash status``: a FleetSnapshot as a plain-text report, like pi's ``pi_instance_status``."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime, timezone
+
+from core.snapshot import FleetSnapshot, InstanceView, Status
+
+from .text import clip, clip_left, duration, printable
+
+
+def _table(
+    headers: Sequence[str], rows: Sequence[Sequence[str]], width: int, stretch: int, keep_end: bool = False
+) -> list[str]:
+    """Aligned columns; column ``stretch`` gives up width when the line is too long.
+
+    With ``keep_end`` that column is cut at its start (paths end in what matters).
+    """
+    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(headers)]
+    spare = width - (sum(widths) + 2 * (len(widths) - 1))
+    widths[stretch] = max(len(headers[stretch]), widths[stretch] + min(0, spare))
+    lines = []
+    for row in [headers, *rows]:
+        cells = [
+            (clip_left if keep_end and i == stretch else clip)(cell, widths[i]).ljust(widths[i])
+            for i, cell in enumerate(row)
+        ]
+        lines.append("  ".join(cells).rstrip())
+    return lines
+
+
+def _models(view: InstanceView) -> str:
+    if view.info is None or not view.info.active_models:
+        return "-"
+    return ", ".join(printable(f"{m.provider}/{m.model}") for m in view.info.active_models)
+
+
+def render(snapshot: FleetSnapshot, width: int = 100) -> str:
+    figures = snapshot.figures
+    counts = figures.status_counts
+    taken = datetime.fromtimestamp(snapshot.taken_at_ms / 1000, tz=timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+    stealing = snapshot.stealing
+    lines = [
+        f"pi fleet in {printable(snapshot.source)} at {taken}",
+        (
+            f"{len(snapshot.instances)} instances: {counts.get(Status.ALIVE, 0)} alive, "
+            f"{counts.get(Status.STALE, 0)} stale, {counts.get(Status.DEAD, 0)} dead, "
+            f"{counts.get(Status.CORRUPT, 0)} corrupt"
+        ),
+        (
+            f"active {figures.active_count} · limit {figures.parallel_limit} per instance "
+            f"of totalMaxLlm {snapshot.config.total_max_llm} · pending {figures.total_pending} · "
+            f"stealable {figures.stealable_tasks}"
+        ),
+        (
+            f"steals {stealing.successes}/{stealing.attempts} ({stealing.success_rate:.0%}) · "
+            f"claims {stealing.claims} · locks {len(snapshot.locks)}"
+        ),
+    ]
+    if snapshot.instances:
+        rows = [
+            [
+                printable(v.instance_id),
+                str(v.info.pid) if v.info else "-",
+                v.status.value,
+                duration(v.heartbeat_age_ms),
+                str(v.pending) if v.info else "-",
+                str(v.parallel_limit) if v.parallel_limit is not None else "-",
+                _models(v),
+                printable(v.info.cwd) if v.info else "-",
+            ]
+            for v in snapshot.instances
+        ]
+        lines += ["", *_table(["INSTANCE", "PID", "STATUS", "BEAT", "PEND", "LIMIT", "MODELS", "CWD"], rows, width, 7, keep_end=True)]
+    if snapshot.models:
+        rows = [[printable(f"{m.provider}/{m.model}"), str(m.instance_count), str(m.parallel_limit)] for m in snapshot.models]
+        lines += ["", *_table(["MODEL", "INSTANCES", "LIMIT"], rows, width, 0)]
+    if snapshot.queues:
+        rows = [
+            [
+                printable(q.instance_id),
+                str(q.state.pending_task_count),
+                str(len(q.state.stealable_entries)),
+                str(q.claimed_entries),
+                duration(q.age_ms) + ("" if q.fresh else " (ignored)"),
+            ]
+            for q in snapshot.queues
+        ]
+        lines += ["", *_table(["QUEUE", "PENDING", "STEALABLE", "CLAIMED", "AGE"], rows, width, 0)]
+    if snapshot.locks:
+        rows = [
+            [
+                printable(lv.resource),
+                printable(lv.lock.holder) if lv.lock else "?",
+                duration(lv.age_ms),
+                "expired" if lv.expired else duration(lv.ttl_left_ms),
+            ]
+            for lv in snapshot.locks
+        ]
+        lines += ["", *_table(["LOCK", "HOLDER", "AGE", "TTL LEFT"], rows, width, 0)]
+    if snapshot.problems:
+        lines += ["", f"{len(snapshot.problems)} problem(s):"]
+        lines += [clip(f"  ! {printable(str(p))}", width) for p in snapshot.problems]
+    return "\n".join(lines)

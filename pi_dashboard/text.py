@@ -1,0 +1,58 @@
+"""Turning user-supplied text (ids, paths, model names) into safe terminal text."""
+
+from __future__ import annotations
+
+
+def printable(text: str) -> str:
+    """``text`` with control characters shown as escapes, never sent to the terminal.
+
+    Instance ids, cwd and model names come from files anyone can write; an
+    embedded escape sequence must not recolour, move or clear the terminal.
+    """
+    if text.isprintable():
+        return text
+    return "".join(ch if ch.isprintable() else _escape(ch) for ch in text)
+
+
+def _escape(ch: str) -> str:
+    code = ord(ch)
+    if code < 0x100:
+        return f"\\x{code:02x}"
+    if code < 0x10000:
+        return f"\\u{code:04x}"
+    return f"\\U{code:08x}"
+
+
+def clip(text: str, width: int) -> str:
+    """At most ``width`` characters, with an ellipsis when cut."""
+    if width <= 0:
+        return ""
+    return text if len(text) <= width else text[: max(0, width - 1)] + "…"
+
+
+def clip_left(text: str, width: int) -> str:
+    """At most ``width`` characters, keeping the end (the informative part of a path)."""
+    if width <= 0:
+        return ""
+    return text if len(text) <= width else "…" + text[len(text) - width + 1 :]
+
+
+def duration(ms: int | None) -> str:
+    """A short human duration: ``850ms``, ``12s``, ``4m05s``, ``3h12m``, ``2d4h``."""
+    if ms is None:
+        return "-"
+    sign = "-" if ms < 0 else ""
+    ms = abs(ms)
+    if ms < 1000:
+        return f"{sign}{ms}ms"
+    seconds = ms // 1000
+    if seconds < 60:
+        return f"{sign}{seconds}s"
+    minutes, seconds = divmod(seconds, 60)
+    if minutes < 60:
+        return f"{sign}{minutes}m{seconds:02d}s"
+    hours, minutes = divmod(minutes, 60)
+    if hours < 48:
+        return f"{sign}{hours}h{minutes:02d}m"
+    days, hours = divmod(hours, 24)
+    return f"{sign}{days}d{hours}h"

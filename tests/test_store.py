@@ -1,0 +1,158 @@
+"""The directory backend's contract: atomic writes, create-if-absent, compare-and-swap/delete."""
+
+from __future__ import annotations
+
+import os
+import stat
+
+import pytest
+
+from core.store import CLAIMS, INSTANCES, LOCKS, EntryUnreadable, InvalidKey, RecordCache, StoreError
+from core.models import InstanceInfo
+
+
+def test_write_then_read_round_trips_bytes(store):
+    store.write(INSTANCES, "a", b'{"x": 1}')
+    blob = store.read(INSTANCES, "a")
+    assert blob is not None and blob.data == b'{"x": 1}' and blob.key == "a"
+    assert (store.root / "instances" / "a.lock").read_bytes() == b'{"x": 1}'
+
+
+def test_read_of_absent_key_is_none(store):
+    assert store.read(INSTANCES, "missing") is None
+    assert store.versions(INSTANCES) == {}
+
+
+def test_new_directories_are_0700_and_files_0600(store):
+    store.write(CLAIMS, "owner/entry", b"{}")
+    path = store.root / "pi-dash" / "claims"
+    assert stat.S_IMODE(path.stat().st_mode) == 0o700
+    files = list(path.iterdir())
+    assert len(files) == 1 and stat.S_IMODE(files[0].stat().st_mode) == 0o600
+
+
+def test_write_leaves_no_temporary_files(store):
+    for i in range(20):
+        store.write(INSTANCES, "a", str(i).encode())
+    assert sorted(p.name for p in (store.root / "instances").iterdir()) == ["a.lock"]
+
+
+def test_create_is_create_if_absent(store):
+    assert store.create(LOCKS, "r", b"first")
+    assert not store.create(LOCKS, "r", b"second")
+    assert store.read(LOCKS, "r").data == b"first"
+    assert sorted(p.name for p in (store.root / "locks").iterdir()) == ["r.lock"]
+
+
+def test_replace_if_and_delete_if_compare_exact_bytes(store):
+    store.write(LOCKS, "r", b"v1")
+    assert not store.replace_if(LOCKS, "r", b"other", b"v2")
+    assert store.replace_if(LOCKS, "r", b"v1", b"v2")
+    assert not store.delete_if(LOCKS, "r", b"v1")
+    assert store.read(LOCKS, "r").data == b"v2"
+    assert store.delete_if(LOCKS, "r", b"v2")
+    assert store.read(LOCKS, "r") is None
+    assert not store.delete_if(LOCKS, "r", b"v2")
+
+
+def test_versions_change_on_every_rewrite(store):
+    store.write(INSTANCES, "a", b"1")
+    first = store.versions(INSTANCES)["a"]
+    store.write(INSTANCES, "a", b"1")
+    assert store.versions(INSTANCES)["a"] != first
+
+
+def test_encoded_keys_survive_any_text(store):
+    key = "sess/../ü [bold]x[/] %41\n"
+    store.write(CLAIMS, key, b"{}")
+    assert store.keys(CLAIMS) == [key]
+    assert store.read(CLAIMS, key).data == b"{}"
+
+
+@pytest.mark.parametrize("key", ["", "a/b", "../x", ".hidden", "x\0y", "y" * 300])
+def test_verbatim_keys_that_are_not_file_names_are_refused(store, key):
+    with pytest.raises(InvalidKey):
+        store.write(INSTANCES, key, b"{}")
+
+
+def test_symlinks_fifos_and_directories_are_unreadable_not_followed(store, root, tmp_path):
+    (root / "instances").mkdir()
+    target = tmp_path / "secret"
+    target.write_text('{"pid": 1}')
+    os.symlink(target, root / "instances" / "link.lock")
+    os.mkfifo(root / "instances" / "fifo.lock")
+    (root / "instances" / "dir.lock").mkdir()
+    for key, reason in [("link", "symbolic link"), ("fifo", "not a regular file"), ("dir", "not a regular file")]:
+        with pytest.raises(EntryUnreadable, match=reason):
+            store.read(INSTANCES, key)
+
+
+def test_missing_root_is_reported_clearly(tmp_path):
+    from core.store import DirectoryStore, StoreUnavailable
+
+    with pytest.raises(StoreUnavailable, match="does not exist"):
+        DirectoryStore(tmp_path / "nope").check()
+
+
+def test_unwritable_root_gives_a_store_error(tmp_path):
+    from core.store import DirectoryStore
+
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    with pytest.raises(StoreError):
+        DirectoryStore(blocker / "runtime").write(INSTANCES, "a", b"{}")
+
+
+def test_sweep_removes_only_old_temporary_files(store, root):
+    store.write(INSTANCES, "a", b"{}")
+    old = root / "instances" / ".a.lock.123.dead.tmp"
+    fresh = root / "instances" / ".a.lock.456.live.tmp"
+    old.write_bytes(b"x")
+    fresh.write_bytes(b"x")
+    os.utime(old, (1, 1))
+    assert store.sweep(older_than_ms=60_000) == 1
+    assert not old.exists() and fresh.exists() and (root / "instances" / "a.lock").exists()
+
+
+def _instance_json(instance_id: str, pending: int) -> bytes:
+    return InstanceInfo.model_validate(
+        {
+            "instanceId": instance_id,
+            "pid": 1,
+            "sessionId": "s",
+            "startedAt": "2026-02-18T00:15:35.675Z",
+            "lastHeartbeat": "2026-02-18T00:15:35.675Z",
+            "cwd": "/",
+            "activeModels": [],
+            "pendingTaskCount": pending,
+        }
+    ).to_json()
+
+
+def test_record_cache_rereads_only_changed_entries(store, monkeypatch):
+    for name in "abc":
+        store.write(INSTANCES, name, _instance_json(name, 0))
+    cache = RecordCache(store, INSTANCES, InstanceInfo)
+    assert cache.refresh() and len(cache.records()) == 3
+    reads = []
+    original = store.read
+    monkeypatch.setattr(store, "read", lambda space, key: reads.append(key) or original(space, key))
+    assert not cache.refresh()
+    assert reads == []
+    store.write(INSTANCES, "b", _instance_json("b", 5))
+    assert cache.refresh()
+    assert reads == ["b"]
+    assert cache.entries["b"].record.pending_task_count == 5
+    store.delete(INSTANCES, "c")
+    assert cache.refresh() and sorted(cache.entries) == ["a", "b"]
+
+
+def test_record_cache_keeps_last_good_record_of_a_corrupted_file(store):
+    store.write(INSTANCES, "a", _instance_json("a", 2))
+    cache = RecordCache(store, INSTANCES, InstanceInfo)
+    cache.refresh()
+    store.write(INSTANCES, "a", b'{"instanceId": "a", "pid": ')
+    cache.refresh()
+    entry = cache.entries["a"]
+    assert entry.record is None and "JSON" in entry.problem
+    assert entry.last_good is not None and entry.last_good.pending_task_count == 2
