@@ -13,17 +13,9 @@ import pytest
 
 from core.clock import ManualClock, utc_from_ms
 from core.coordinator import Coordinator, NotRegistered, generate_instance_id, pid_from_instance_id
-from core.models import InstanceInfo, StealableQueueEntry, StealingStats
+from core.models import InstanceInfo, StealingStats
 from core.store import INSTANCES, QUEUES, STEALING_STATS, read_record
-
-
-def _entries(owner: str, clock: ManualClock, n: int, priority: str = "normal") -> list[StealableQueueEntry]:
-    return [
-        StealableQueueEntry(
-            id=f"task-{i}", tool_name="bash", priority=priority, instance_id=owner, enqueued_at=utc_from_ms(clock.now_ms())
-        )
-        for i in range(n)
-    ]
+from tests.helpers import stealable_entries
 
 
 def test_instance_id_has_pi_shape():
@@ -162,7 +154,7 @@ def test_stealing_claims_each_entry_once_and_the_owner_sees_it(root, clock):
     owner.register(heartbeat=False)
     thief.register(heartbeat=False)
     owner.update_workload(5)
-    entries = _entries(owner.instance_id, clock, 3)
+    entries = stealable_entries(owner.instance_id, clock, 3)
     entries[2] = entries[2].model_copy(update={"priority": "critical"})
     owner.broadcast_queue_state(5, 1, entries)
     assert thief.should_attempt_work_stealing()
@@ -181,7 +173,7 @@ def test_a_busy_instance_does_not_steal(root, clock):
     owner, busy = Coordinator(root=root, clock=clock), Coordinator(root=root, clock=clock)
     owner.register(heartbeat=False)
     busy.register(heartbeat=False)
-    owner.broadcast_queue_state(5, 1, _entries(owner.instance_id, clock, 3))
+    owner.broadcast_queue_state(5, 1, stealable_entries(owner.instance_id, clock, 3))
     busy.update_workload(1)
     assert busy.safe_steal_work() is None
     assert busy.stealing_stats().total_attempts == 0
@@ -191,7 +183,7 @@ def test_work_stealing_can_be_switched_off(root, clock):
     owner = Coordinator(root=root, clock=clock)
     owner.register(heartbeat=False)
     owner.update_workload(5)
-    owner.broadcast_queue_state(5, 1, _entries(owner.instance_id, clock, 3))
+    owner.broadcast_queue_state(5, 1, stealable_entries(owner.instance_id, clock, 3))
     thief = Coordinator(root=root, clock=clock, env={"PI_ENABLE_WORK_STEALING": "false"})
     thief.register(heartbeat=False)
     assert not thief.should_attempt_work_stealing()
@@ -202,7 +194,7 @@ def test_queue_states_are_ignored_after_two_intervals_and_removed_after_timeout(
     owner, other = Coordinator(root=root, clock=clock), Coordinator(root=root, clock=clock)
     owner.register(heartbeat=False)
     other.register(heartbeat=False)
-    owner.broadcast_queue_state(5, 1, _entries(owner.instance_id, clock, 3))
+    owner.broadcast_queue_state(5, 1, stealable_entries(owner.instance_id, clock, 3))
     clock.advance(30_000)
     assert len(other.remote_queue_states()) == 1
     clock.advance(1)
@@ -217,13 +209,13 @@ def test_claims_outlive_the_queue_that_offers_them(root, clock):
     owner, thief = Coordinator(root=root, clock=clock), Coordinator(root=root, clock=clock)
     owner.register(heartbeat=False)
     thief.register(heartbeat=False)
-    owner.broadcast_queue_state(5, 1, _entries(owner.instance_id, clock, 3))
+    owner.broadcast_queue_state(5, 1, stealable_entries(owner.instance_id, clock, 3))
     assert thief.safe_steal_work() is not None
     clock.advance(120_000)
     owner.heartbeat()
     thief.heartbeat()
     assert thief.cleanup_claims() == []  # still offered: the claim must stay
-    owner.broadcast_queue_state(5, 1, _entries(owner.instance_id, clock, 3)[1:])
+    owner.broadcast_queue_state(5, 1, stealable_entries(owner.instance_id, clock, 3)[1:])
     assert len(thief.cleanup_claims()) == 1
 
 

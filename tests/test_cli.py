@@ -1,0 +1,67 @@
+"""``pi-dash status``: the table, the JSON, and clear failures."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+from core.coordinator import Coordinator
+from pi_dashboard.cli import main
+from pi_dashboard.text import clip_left, duration, printable
+
+
+def _fleet(root) -> Coordinator:
+    coordinator = Coordinator(root=root)
+    coordinator.register("sessionAAAA", "/home/u/\x1b[2Jproject", heartbeat=False)
+    coordinator.set_active_model("openai", "gpt-4o")
+    coordinator.update_workload(4)
+    (root / "instances" / "torn.lock").write_text('{"instanceId": ')
+    return coordinator
+
+
+def test_status_prints_a_table_with_escaped_user_text(root, capsys, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "200")
+    coordinator = _fleet(root)
+    assert main(["status", "--root", str(root)]) == 0
+    out = capsys.readouterr().out
+    assert coordinator.instance_id in out
+    assert "openai/gpt-4o" in out and "alive" in out and "corrupt" in out
+    assert "\x1b" not in out and "\\x1b[2Jproject" in out
+    assert "instances/torn.lock: corrupt" in out
+
+
+def test_status_json_is_machine_readable(root, capsys):
+    coordinator = _fleet(root)
+    assert main(["--root", str(root), "status", "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["figures"]["activeCount"] == 1
+    (alive,) = [i for i in data["instances"] if i["status"] == "alive"]
+    assert alive["info"]["instanceId"] == coordinator.instance_id
+    assert alive["info"]["cwd"] == "/home/u/\x1b[2Jproject"  # data stays data in JSON
+
+
+def test_missing_root_exits_non_zero_with_a_clear_message(tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-m", "pi_dashboard", "status", "--root", str(tmp_path / "none")],
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 2
+    assert "does not exist" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_root_from_environment(root, capsys, monkeypatch):
+    _fleet(root)
+    monkeypatch.setenv("PI_RUNTIME_DIR", str(root))
+    assert main(["status"]) == 0
+    assert str(root) in capsys.readouterr().out
+
+
+def test_text_helpers():
+    assert printable("a\x1b[31mb\x07") == "a\\x1b[31mb\\x07"
+    assert printable("ü ok") == "ü ok"
+    assert clip_left("/very/long/path/project", 10) == "…h/project"
+    assert [duration(ms) for ms in (None, 850, 12_000, 245_000, 3 * 3_600_000 + 720_000)] == [
+        "-", "850ms", "12s", "4m05s", "3h12m"
+    ]
