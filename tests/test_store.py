@@ -156,3 +156,47 @@ def test_record_cache_keeps_last_good_record_of_a_corrupted_file(store):
     entry = cache.entries["a"]
     assert entry.record is None and "JSON" in entry.problem
     assert entry.last_good is not None and entry.last_good.pending_task_count == 2
+
+
+def _increment(data: bytes | None) -> bytes:
+    return b"1" if data is None else str(int(data) + 1).encode()
+
+
+def test_update_is_read_modify_write(store):
+    from core.store import PARALLELISM, RATE_LIMITS
+
+    for space in (PARALLELISM, RATE_LIMITS):  # replaced, and in place
+        for _ in range(5):
+            store.update(space, "k", _increment)
+        assert store.read(space, "k").data == b"5"
+        assert store.update(space, "k", lambda data: None) == b"5"
+
+
+def test_in_place_update_survives_removal_and_replacement(store, root):
+    from core.store import RATE_LIMITS
+
+    store.update(RATE_LIMITS, "openai", _increment)
+    (root / "pi-dash" / "rate-limits" / "openai.json").unlink()
+    assert store.update(RATE_LIMITS, "openai", _increment) == b"1"
+    store.write(RATE_LIMITS, "openai", b"41")
+    assert store.update(RATE_LIMITS, "openai", _increment) == b"42"
+    store.update(RATE_LIMITS, "openai", lambda data: b"7")  # shorter: truncated
+    assert store.read(RATE_LIMITS, "openai").data == b"7"
+
+
+def test_event_log_reads_in_order_and_survives_rotation(store, monkeypatch):
+    import core.store.directory as directory
+
+    assert store.read_events() == ([], 0)
+    for n in range(5):
+        store.append_event(b'{"n": %d}' % n)
+    first, cursor = store.read_events(0, limit=3)
+    assert first == [b'{"n": 0}', b'{"n": 1}', b'{"n": 2}']
+    monkeypatch.setattr(directory, "EVENTS_MAX_BYTES", 60)
+    for n in range(5, 9):
+        store.append_event(b'{"n": %d}' % n)
+    rest, cursor = store.read_events(cursor)
+    assert rest == [b'{"n": %d}' % n for n in range(3, 9)]
+    assert store.read_events(cursor) == ([], cursor)
+    with pytest.raises(ValueError):
+        store.append_event(b"two\nlines")

@@ -2,10 +2,13 @@
 
 from .base import (
     ALL_SPACES,
+    BACKOFF,
     CLAIMS,
     INSTANCES,
     LOCKS,
+    PARALLELISM,
     QUEUES,
+    RATE_LIMITS,
     STEALING_STATS,
     Blob,
     EntryUnreadable,
@@ -14,6 +17,7 @@ from .base import (
     Store,
     StoreError,
     StoreUnavailable,
+    Updater,
     Version,
 )
 from .directory import DirectoryStore, default_root
@@ -21,10 +25,13 @@ from .records import Loaded, RecordCache, parse_blob, read_record
 
 __all__ = [
     "ALL_SPACES",
+    "BACKOFF",
     "CLAIMS",
     "INSTANCES",
     "LOCKS",
+    "PARALLELISM",
     "QUEUES",
+    "RATE_LIMITS",
     "STEALING_STATS",
     "Blob",
     "DirectoryStore",
@@ -36,6 +43,7 @@ __all__ = [
     "Store",
     "StoreError",
     "StoreUnavailable",
+    "Updater",
     "Version",
     "default_root",
     "parse_blob",

@@ -13,7 +13,7 @@ and never silently dropped here.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Hashable
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 
 
@@ -30,6 +30,9 @@ class Space:
     name: str
     suffix: str
     verbatim: bool = False
+    in_place: bool = False
+    """Hot state updated many times a second: backends may update it in place
+    under a lock instead of replacing it (readers still never see a torn value)."""
 
 
 INSTANCES = Space("instances", ".lock", verbatim=True)
@@ -37,8 +40,14 @@ QUEUES = Space("queue-states", ".json", verbatim=True)
 LOCKS = Space("locks", ".lock", verbatim=True)
 STEALING_STATS = Space("pi-dash/stealing-stats", ".json")
 CLAIMS = Space("pi-dash/claims", ".json")
+PARALLELISM = Space("pi-dash/parallelism", ".json")
+BACKOFF = Space("pi-dash/backoff", ".json", in_place=True)
+RATE_LIMITS = Space("pi-dash/rate-limits", ".json", in_place=True)
 
-ALL_SPACES = (INSTANCES, QUEUES, LOCKS, STEALING_STATS, CLAIMS)
+ALL_SPACES = (INSTANCES, QUEUES, LOCKS, STEALING_STATS, CLAIMS, PARALLELISM, BACKOFF, RATE_LIMITS)
+
+Updater = Callable[[bytes | None], bytes | None]
+"""Maps the current bytes (``None`` if absent) to the new bytes (``None``: leave as is)."""
 
 Version = Hashable
 """A token that changes whenever a blob's content may have changed."""
@@ -119,6 +128,27 @@ class Store(ABC):
     @abstractmethod
     def delete(self, space: Space, key: str) -> bool:
         """Remove unconditionally (only for entries the caller owns); ``True`` if it existed."""
+
+    @abstractmethod
+    def update(self, space: Space, key: str, updater: Updater) -> bytes | None:
+        """Atomic read-modify-write: no other update of ``key`` interleaves.
+
+        ``updater`` may run more than once (backends with optimistic
+        concurrency retry it), so it must be a pure function of its input.
+        Returns the bytes now stored.
+        """
+
+    @abstractmethod
+    def append_event(self, data: bytes) -> None:
+        """Append one event (a single line of JSON) to the fleet's event log."""
+
+    @abstractmethod
+    def read_events(self, cursor: int = 0, limit: int = 1000) -> tuple[list[bytes], int]:
+        """Events after ``cursor`` (oldest first, at most ``limit``) and the cursor to pass next.
+
+        The log is bounded: old events are dropped, so a reader that falls far
+        behind resumes at the oldest kept event.
+        """
 
     @abstractmethod
     def read_config(self) -> bytes | None:
