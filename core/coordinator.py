@@ -18,12 +18,19 @@ import re
 import secrets
 import threading
 from collections.abc import Mapping, Sequence
+from contextlib import AbstractAsyncContextManager, AbstractContextManager
 from dataclasses import dataclass
 
 from . import semantics
+from .backoff import BackoffBoard
 from .clock import SYSTEM_CLOCK, Clock, utc_from_ms
 from .config import load_config, work_stealing_enabled
+from .events import EventLog
 from .locks import DEFAULT_TTL_MS, LockService, to_base36
+from .parallelism import AdjusterConfig, DynamicParallelismAdjuster
+from .provider_config import ENV_INSTANCE_NAME, CrossInstanceSettings, config_path, load_settings
+from .ratelimit import SharedRateLimiter
+from .slots import LlmSlot, SlotGate
 from .models import (
     ActiveModelInfo,
     BroadcastQueueState,
@@ -107,9 +114,16 @@ class Coordinator:
         config: Mapping[str, int] | None = None,
         env: Mapping[str, str] | None = None,
         clock: Clock = SYSTEM_CLOCK,
+        instance_name: str | None = None,
+        settings: CrossInstanceSettings | None = None,
+        parallelism: AdjusterConfig | None = None,
     ) -> None:
         self.store = store if store is not None else DirectoryStore(default_root(root, env))
         self.clock = clock
+        self._env = os.environ if env is None else env
+        self.instance_name = instance_name or self._env.get(ENV_INSTANCE_NAME) or None
+        self._settings = settings
+        self._parallelism_config = parallelism
         self.config, self.config_problems = load_config(self.store, config, env)
         for problem in self.config_problems:
             log.warning("config: %s", problem)
@@ -122,6 +136,10 @@ class Coordinator:
         self._info: InstanceInfo | None = None
         self._locks: LockService | None = None
         self._stealing: StealingService | None = None
+        self._gate: SlotGate | None = None
+        self.adjuster: DynamicParallelismAdjuster | None = None
+        self.limiter: SharedRateLimiter | None = None
+        self.events = EventLog(self.store, None, clock)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -146,16 +164,56 @@ class Coordinator:
                 active_models=(),
                 hostname=HOSTNAME,
                 process_started_at=own_start_ms(),
+                instance_name=self.instance_name,
             )
             self._info = info
             self._locks = LockService(self.store, info.instance_id, self.clock)
             self._stealing = StealingService(self.store, self._locks, info.instance_id, self.clock)
             self._write_info()
+            self._start_slot_gate(info)
         if heartbeat:
+            assert self.adjuster is not None
+            self.adjuster.start_recovery_timer()
             self._stop.clear()
             self._thread = threading.Thread(target=self._heartbeat_loop, name="pi-dash-heartbeat", daemon=True)
             self._thread.start()
         return info
+
+    def _start_slot_gate(self, info: InstanceInfo) -> None:
+        settings = self._settings or load_settings(config_path(info.cwd, self._env))
+        for problem in settings.problems:
+            log.warning("config: %s", problem)
+        self.settings = settings
+        self.events = EventLog(self.store, info.instance_id, self.clock)
+        self.adjuster = DynamicParallelismAdjuster(
+            self._parallelism_config, clock=self.clock, store=self.store, instance_id=info.instance_id
+        )
+        self.limiter = SharedRateLimiter(
+            self.store, settings, instance_name=self.instance_name, clock=self.clock, events=self.events
+        )
+        self._gate = SlotGate(
+            self.adjuster,
+            self.limiter,
+            BackoffBoard(self.store, info.instance_id, self.clock),
+            self.events,
+            instance_count=self.instances_for_model,
+            on_model_used=self.set_active_model,
+            clock=self.clock,
+        )
+
+    def llm_slot(self, provider: str, model: str, timeout: float | None = None) -> AbstractContextManager[LlmSlot]:
+        """Wrap one LLM request: waits for the fleet's backoff, a parallelism slot and a rate token."""
+        if self._gate is None:
+            raise NotRegistered("call register() first")
+        return self._gate.slot(provider, model, timeout)
+
+    def llm_slot_async(
+        self, provider: str, model: str, timeout: float | None = None
+    ) -> AbstractAsyncContextManager[LlmSlot]:
+        """``async with coordinator.llm_slot_async(...)``: the asyncio form of :meth:`llm_slot`."""
+        if self._gate is None:
+            raise NotRegistered("call register() first")
+        return self._gate.slot_async(provider, model, timeout)
 
     def unregister(self) -> None:
         """Stop heartbeating and remove this instance's files; call on graceful shutdown."""
@@ -168,6 +226,9 @@ class Coordinator:
                 return
             instance_id = self._info.instance_id
             self._info = None
+            if self.adjuster is not None:
+                self.adjuster.shutdown()
+                self.adjuster.remove_record()
             self.store.delete(INSTANCES, instance_id)
             self.store.delete(QUEUES, instance_id)
 

@@ -4,12 +4,32 @@ from ._base import CorruptRecord, JsNumber, JsTime, Record, from_epoch_ms, to_ep
 from .config import CoordinatorConfig
 from .instance import ActiveModelInfo, InstanceInfo
 from .lock import DistributedLock
+from .parallelism import (
+    Backoff429,
+    ErrorType,
+    FleetEvent,
+    GcraBucket,
+    InstanceParallelism,
+    ModelParallelism,
+    ProviderRateState,
+    RecentError,
+    SharedBackoff,
+)
 from .queue import BroadcastQueueState, Priority, StealableQueueEntry
 from .stealing import FORMAT_VERSION, StealClaim, StealingStats
 
 __all__ = [
     "FORMAT_VERSION",
     "ActiveModelInfo",
+    "Backoff429",
+    "ErrorType",
+    "FleetEvent",
+    "GcraBucket",
+    "InstanceParallelism",
+    "ModelParallelism",
+    "ProviderRateState",
+    "RecentError",
+    "SharedBackoff",
     "BroadcastQueueState",
     "CoordinatorConfig",
     "CorruptRecord",

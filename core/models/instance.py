@@ -20,9 +20,9 @@ class ActiveModelInfo(Record):
 class InstanceInfo(Record):
     """One instance's registration and heartbeat, as pi's coordinator writes it.
 
-    ``hostname`` and ``process_started_at`` are written only by ``core``
-    instances (pi ignores unknown keys): they let a reader on the same host tell a
-    dead or reused pid from a live one.
+    ``hostname``, ``process_started_at`` and ``instance_name`` are written only
+    by ``core`` instances (pi ignores unknown keys): the first two let a reader
+    on the same host tell a dead or reused pid from a live one.
     """
 
     instance_id: str = Field(min_length=1)
@@ -37,6 +37,7 @@ class InstanceInfo(Record):
     last_task_completed_at: JsTime | None = None
     hostname: str | None = None
     process_started_at: int | None = None
+    instance_name: str | None = None  # PI_INSTANCE_ID: the name config.json's ``instances`` refers to
 
     @cached_property
     def heartbeat_ms(self) -> int:

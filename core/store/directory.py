@@ -36,6 +36,7 @@ import time
 import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager
+from functools import lru_cache
 from pathlib import Path
 
 from .base import (
@@ -75,6 +76,7 @@ def default_root(cli_root: str | os.PathLike[str] | None = None, env: dict[str, 
     return Path.home() / ".pi" / "runtime"
 
 
+@lru_cache(maxsize=4096)
 def encode_key(key: str) -> str:
     """A file-name-safe, reversible spelling of any key (``%XX`` for all but ``[A-Za-z0-9_-]``)."""
     return "".join(ch if ch in _SAFE_KEY_CHARS else "".join(f"%{b:02X}" for b in ch.encode()) for ch in key)

@@ -1,0 +1,64 @@
+"""Cross-instance 429 backoff: one instance's 429 makes every instance using that model wait.
+
+The shared record (``pi-dash/backoff/{provider:model}.json``) holds a deadline
+and the recent 429s.  A 429 pushes the deadline to ``now + Retry-After`` when
+the provider sent one, else to ``now + min(60 s, 1 s * 2^n)`` with ``n`` the
+429s in the window (pi's recommended backoff at the moment of the error); the
+deadline never moves back.  Every instance reads the record before starting a
+request, waits until the deadline, and applies to its own parallelism each
+429 another instance saw, with that 429's time, so reductions and recovery are
+shared as well.
+"""
+
+from __future__ import annotations
+
+from .clock import SYSTEM_CLOCK, Clock
+from .models import Backoff429, CorruptRecord, SharedBackoff
+from .parallelism import MAX_BACKOFF_MS, build_key
+from .store import BACKOFF, EntryUnreadable, Store
+
+WINDOW_MS = 300_000  # pi's error window
+MAX_KEPT = 50
+
+
+def exponential_backoff_ms(recent_429s: int) -> int:
+    return min(MAX_BACKOFF_MS, 1000 * 2**recent_429s)
+
+
+class BackoffBoard:
+    def __init__(self, store: Store, instance_id: str, clock: Clock = SYSTEM_CLOCK, window_ms: int = WINDOW_MS) -> None:
+        self.store = store
+        self.instance_id = instance_id
+        self.clock = clock
+        self.window_ms = window_ms
+
+    def report_429(self, provider: str, model: str, retry_after_ms: int | None = None) -> SharedBackoff:
+        """Record a 429 and push the shared deadline; returns the record now stored."""
+        provider, model = provider.lower(), model.lower()
+        now = self.clock.now_ms()
+
+        def apply(raw: bytes | None) -> bytes:
+            current = _parse(raw) or SharedBackoff(provider=provider, model=model)
+            recent = tuple(e for e in current.recent429s if e.at > now - self.window_ms)
+            recent = (*recent, Backoff429(at=now, instance_id=self.instance_id, retry_after_ms=retry_after_ms))[-MAX_KEPT:]
+            wait = retry_after_ms if retry_after_ms is not None else exponential_backoff_ms(len(recent))
+            until = max(current.until, now + max(0, wait))
+            return current.model_copy(update={"until": until, "recent429s": recent}).to_json()
+
+        return SharedBackoff.from_json(self.store.update(BACKOFF, build_key(provider, model), apply))
+
+    def current(self, provider: str, model: str) -> SharedBackoff | None:
+        try:
+            blob = self.store.read(BACKOFF, build_key(provider, model))
+        except EntryUnreadable:
+            return None
+        return None if blob is None else _parse(blob.data)
+
+
+def _parse(raw: bytes | None) -> SharedBackoff | None:
+    if not raw:
+        return None
+    try:
+        return SharedBackoff.from_json(raw)
+    except CorruptRecord:
+        return None  # a bad record is replaced by the next 429; waiting on garbage helps nobody

@@ -1,0 +1,119 @@
+"""pi-dash's records for dynamic parallelism, shared 429 backoff and rate limits.
+
+pi keeps all of this in each process's memory; persisting it is what lets the
+other instances and the dashboard see who is backing off and why.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+
+from ._base import JsNumber, Record
+from .stealing import FORMAT_VERSION
+
+ErrorType = Literal["429", "timeout", "error"]
+
+
+class RecentError(Record):
+    type: ErrorType
+    timestamp: int  # epoch ms
+    instance_id: str | None = None  # set when the error was seen by another instance
+
+
+class ModelParallelism(Record):
+    """One provider:model of one instance: seed 002's ParallelismConfig and ProviderHealth."""
+
+    provider: str
+    model: str
+    base_parallelism: int
+    current_parallelism: int
+    min_parallelism: int
+    max_parallelism: int
+    effective_parallelism: int
+    cross_instance_multiplier: JsNumber = 1
+    adjustment_reason: str = "initial"
+    last_adjusted_at: int = 0
+    active_requests: int = 0
+    recent_errors: tuple[RecentError, ...] = ()
+    recent429_count: int = 0
+    avg_response_ms: JsNumber = 0
+    healthy: bool = True
+    recommended_backoff_ms: int = 0
+    backoff_until: int | None = None  # the fleet's shared deadline, when one is in force
+
+
+class InstanceParallelism(Record):
+    """Everything one instance's adjuster knows (``pi-dash/parallelism/{instanceId}.json``)."""
+
+    VERSIONED = True
+
+    format_version: int = FORMAT_VERSION
+    instance_id: str
+    updated_at: int
+    models: dict[str, ModelParallelism] = Field(default_factory=dict)
+
+
+class Backoff429(Record):
+    at: int
+    instance_id: str
+    retry_after_ms: int | None = None
+
+
+class SharedBackoff(Record):
+    """The fleet-wide 429 backoff of one provider:model (``pi-dash/backoff/{provider:model}.json``).
+
+    Every instance using the model waits until ``until`` before starting a
+    request; ``recent429s`` lets each one apply the reductions the others saw.
+    """
+
+    VERSIONED = True
+
+    format_version: int = FORMAT_VERSION
+    provider: str
+    model: str
+    until: int = 0
+    recent429s: tuple[Backoff429, ...] = ()
+
+    def wait_ms(self, now_ms: int) -> int:
+        return max(0, self.until - now_ms)
+
+
+class GcraBucket(Record):
+    """A generic cell rate algorithm bucket: the theoretical arrival time, in epoch ms."""
+
+    tat: JsNumber = 0
+
+
+class ProviderRateState(Record):
+    """The shared rate limiter and adaptive controller of one provider
+    (``pi-dash/rate-limits/{provider}.json``, updated in place on every request)."""
+
+    VERSIONED = True
+
+    format_version: int = FORMAT_VERSION
+    provider: str
+    requests_per_minute: JsNumber  # configured limit
+    burst: int
+    effective_requests_per_minute: JsNumber  # after adaptive control
+    last429_at: int | None = None
+    last_change_at: int | None = None
+    buckets: dict[str, GcraBucket] = Field(default_factory=dict)
+    grants_per_second: dict[str, int] = Field(default_factory=dict)  # epoch second -> grants, last minute
+    total_grants: int = 0
+
+    def used_last_minute(self, now_ms: int) -> int:
+        horizon = now_ms // 1000 - 60
+        return sum(n for second, n in self.grants_per_second.items() if int(second) > horizon)
+
+
+class FleetEvent(Record):
+    """One line of the fleet's event log (``pi-dash/events.jsonl``)."""
+
+    at: int
+    kind: str  # 429 | parallelism | steal | drain | lock-release | rate-limit | ...
+    message: str
+    instance_id: str | None = None
+    provider: str | None = None
+    model: str | None = None
