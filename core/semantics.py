@@ -111,7 +111,7 @@ def model_usage(alive: Iterable[InstanceInfo]) -> list[tuple[str, str, int]]:
     """``(provider, model, instanceCount)`` for every model in use, busiest first."""
     counts: dict[tuple[str, str], int] = {}
     for instance in alive:
-        for key in {(m.provider.lower(), m.model.lower()) for m in instance.active_models}:
+        for key in instance.model_keys:
             counts[key] = counts.get(key, 0) + 1
     return sorted(((p, m, n) for (p, m), n in counts.items()), key=lambda row: (-row[2], row[0], row[1]))
 

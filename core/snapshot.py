@@ -129,6 +129,10 @@ class FleetFigures:
 
 @dataclass(frozen=True, slots=True)
 class FleetSnapshot:
+    """The fleet at ``taken_at_ms``.  Its tuples come in no particular order:
+    each view sorts them as its user asks (sorting here would cost every
+    rebuild of a large fleet for an order nobody may want)."""
+
     taken_at_ms: int
     source: str
     config: CoordinatorConfig
@@ -219,8 +223,6 @@ def _where(space: Space, key: str) -> str:
 def _entry_problems(space: Space, entries: Mapping[str, Loaded[Any]]) -> list[Problem]:
     problems = []
     for key, entry in entries.items():
-        if entry.problem is None:
-            continue
         if entry.record is not None:
             kind = "unknown-version"
         elif entry.raw is None:
@@ -313,16 +315,16 @@ class SnapshotBuilder:
             claims_per_owner[owner] = claims_per_owner.get(owner, 0) + 1
         problems = []
         for space, cache in self._caches.items():
-            problems.extend(_entry_problems(space, cache.entries))
+            problems.extend(_entry_problems(space, cache.problems))
         self._last_index = _Index(
             generations=generations,
-            instances=sorted(self._caches[INSTANCES].entries.items()),
-            queues=sorted(queue_by_id.values(), key=lambda q: (-q.pending_task_count, q.instance_id)),
+            instances=list(self._caches[INSTANCES].entries.items()),
+            queues=list(queue_by_id.values()),
             queue_by_id=queue_by_id,
             stats_by_id={s.instance_id: s for s in self._caches[STEALING_STATS].records()},
             claims_per_owner=claims_per_owner,
             claims=len(self._caches[CLAIMS].entries),
-            locks=sorted(self._caches[LOCKS].entries.items()),
+            locks=list(self._caches[LOCKS].entries.items()),
             entry_problems=problems,
         )
         return self._last_index

@@ -70,7 +70,7 @@ def render(snapshot: FleetSnapshot, width: int = 100) -> str:
                 _models(v),
                 printable(v.info.cwd) if v.info else "-",
             ]
-            for v in snapshot.instances
+            for v in sorted(snapshot.instances, key=lambda v: v.key)
         ]
         lines += ["", *_table(["INSTANCE", "PID", "STATUS", "BEAT", "PEND", "LIMIT", "MODELS", "CWD"], rows, width, 7, keep_end=True)]
     if snapshot.models:
@@ -85,7 +85,7 @@ def render(snapshot: FleetSnapshot, width: int = 100) -> str:
                 str(q.claimed_entries),
                 duration(q.age_ms) + ("" if q.fresh else " (ignored)"),
             ]
-            for q in snapshot.queues
+            for q in sorted(snapshot.queues, key=lambda q: (-q.state.pending_task_count, q.instance_id))
         ]
         lines += ["", *_table(["QUEUE", "PENDING", "STEALABLE", "CLAIMED", "AGE"], rows, width, 0)]
     if snapshot.locks:
@@ -96,7 +96,7 @@ def render(snapshot: FleetSnapshot, width: int = 100) -> str:
                 duration(lv.age_ms),
                 "expired" if lv.expired else duration(lv.ttl_left_ms),
             ]
-            for lv in snapshot.locks
+            for lv in sorted(snapshot.locks, key=lambda lv: lv.key)
         ]
         lines += ["", *_table(["LOCK", "HOLDER", "AGE", "TTL LEFT"], rows, width, 0)]
     if snapshot.problems:

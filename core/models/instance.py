@@ -45,6 +45,11 @@ class InstanceInfo(Record):
         return to_epoch_ms(self.last_heartbeat)
 
     @cached_property
+    def model_keys(self) -> frozenset[tuple[str, str]]:
+        """Distinct lower-cased ``(provider, model)`` pairs in use."""
+        return frozenset((m.provider.lower(), m.model.lower()) for m in self.active_models)
+
+    @cached_property
     def started_ms(self) -> int:
         return to_epoch_ms(self.started_at)
 

@@ -109,6 +109,19 @@ class Store(ABC):
         readable blob.
         """
 
+    def read_all(self, space: Space) -> dict[str, Blob | EntryUnreadable]:
+        """Every entry of ``space`` (the first full load of a cache); backends may do it faster."""
+        found: dict[str, Blob | EntryUnreadable] = {}
+        for key in self.keys(space):
+            try:
+                blob = self.read(space, key)
+            except EntryUnreadable as exc:
+                found[key] = exc
+            else:
+                if blob is not None:
+                    found[key] = blob
+        return found
+
     @abstractmethod
     def write(self, space: Space, key: str, data: bytes, *, durable: bool = True) -> None:
         """Replace the blob atomically: readers see the old or the new bytes, never a mix."""

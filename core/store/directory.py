@@ -234,6 +234,31 @@ class DirectoryStore(Store):
             raise StoreUnavailable(f"cannot list {self._dir(space)}: {exc.strerror}") from None
         return [key for key in map(lambda name: self._key_of(space, name), names) if key is not None]
 
+    def read_all(self, space: Space) -> dict[str, Blob | EntryUnreadable]:
+        """Opens each file relative to its directory (``openat``): no path walk per file."""
+        found: dict[str, Blob | EntryUnreadable] = {}
+        try:
+            dir_fd = os.open(self._dir(space), os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            return found
+        except OSError as exc:
+            raise StoreUnavailable(f"cannot list {self._dir(space)}: {exc.strerror}") from None
+        try:
+            for name in os.listdir(dir_fd):
+                key = self._key_of(space, name)
+                if key is None:
+                    continue
+                try:
+                    blob = self._read_path(name, key, shared_lock=space.in_place, dir_fd=dir_fd)
+                except EntryUnreadable as exc:
+                    found[key] = exc
+                else:
+                    if blob is not None:
+                        found[key] = blob
+        finally:
+            os.close(dir_fd)
+        return found
+
     def read(self, space: Space, key: str) -> Blob | None:
         path = os.path.join(self._dir(space), self._filename(space, key))
         return self._read_path(path, key, shared_lock=space.in_place)
@@ -242,9 +267,9 @@ class DirectoryStore(Store):
         blob = self._read_path(os.path.join(self._root, CONFIG_FILE), CONFIG_FILE)
         return None if blob is None else blob.data
 
-    def _read_path(self, path: str, key: str, shared_lock: bool = False) -> Blob | None:
+    def _read_path(self, path: str, key: str, shared_lock: bool = False, dir_fd: int | None = None) -> Blob | None:
         try:
-            fd = os.open(path, _READ_FLAGS)
+            fd = os.open(path, _READ_FLAGS, dir_fd=dir_fd)
         except FileNotFoundError:
             return None
         except OSError as exc:

@@ -74,6 +74,7 @@ class RecordCache(Generic[R]):
         self.space = space
         self.model = model
         self.entries: dict[str, Loaded[R]] = {}
+        self.problems: dict[str, Loaded[R]] = {}  # the entries with a problem, kept as they change
         self.generation = 0
 
     def refresh(self, changed: Iterable[str] | None = None) -> bool:
@@ -94,16 +95,13 @@ class RecordCache(Generic[R]):
 
     def _scan(self) -> bool:
         if not self.entries:
-            # Nothing cached yet: every entry must be read anyway, and a read
-            # returns its version, so skip the listing's per-entry stat.
-            dirty = False
-            for key in self.store.keys(self.space):
-                dirty |= self._load(key, None)
-            return dirty
+            # Nothing cached yet: every entry must be read anyway, and reads
+            # return versions, so one bulk read replaces listing + stat + read.
+            return self._load_all()
         current = self.store.versions(self.space)
         dirty = False
         for key in self.entries.keys() - current.keys():
-            del self.entries[key]
+            self._forget(key)
             dirty = True
         for key, version in current.items():
             known = self.entries.get(key)
@@ -111,14 +109,38 @@ class RecordCache(Generic[R]):
                 dirty |= self._load(key, version)
         return dirty
 
+    def _load_all(self) -> bool:
+        for key, blob in self.store.read_all(self.space).items():
+            if isinstance(blob, EntryUnreadable):
+                self._keep(Loaded(key, None, None, ("unreadable", blob.reason), 0, blob.reason))
+                continue
+            try:
+                record = parse_blob(self.model, blob)
+            except CorruptRecord:
+                self._load(key, None)  # the careful path: look again before calling it corrupt
+                continue
+            self._keep(Loaded(key, record, blob.data, blob.version, blob.modified_ms, _version_problem(record)))
+        return bool(self.entries)
+
+    def _keep(self, loaded: Loaded[R]) -> None:
+        self.entries[loaded.key] = loaded
+        if loaded.problem is None:
+            self.problems.pop(loaded.key, None)
+        else:
+            self.problems[loaded.key] = loaded
+
+    def _forget(self, key: str) -> bool:
+        self.problems.pop(key, None)
+        return self.entries.pop(key, None) is not None
+
     def _load(self, key: str, version: Version | None) -> bool:
         previous = self.entries.get(key)
         loaded = self._read(key, version, previous)
         if loaded is None:
-            return self.entries.pop(key, None) is not None
+            return self._forget(key)
         if previous is not None and previous.version == loaded.version and previous.raw == loaded.raw:
             return False
-        self.entries[key] = loaded
+        self._keep(loaded)
         return True
 
     def _read(self, key: str, version: Version | None, previous: Loaded[R] | None) -> Loaded[R] | None:
