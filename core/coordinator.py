@@ -48,8 +48,11 @@ from .store import (
     CLAIMS,
     INSTANCES,
     LOCKS,
+    PARALLELISM,
     QUEUES,
+    STEALING_STATS,
     DirectoryStore,
+    EntryUnreadable,
     RecordCache,
     Store,
     StoreError,
@@ -60,6 +63,7 @@ log = logging.getLogger("pi_dash.core")
 
 _PID_IN_ID = re.compile(r"-pid(\d+)-")
 TEMP_FILE_MAX_AGE_MS = 60_000
+ORPHAN_STATS_MAX_AGE_MS = 24 * 3_600_000
 
 
 class NotRegistered(RuntimeError):
@@ -289,6 +293,7 @@ class Coordinator:
         self.cleanup_queue_states()
         self.cleanup_expired_locks()
         self.cleanup_claims()
+        self.cleanup_orphans()
         self.store.sweep(TEMP_FILE_MAX_AGE_MS)
 
     def update_workload(self, pending_task_count: int, avg_latency_ms: float | None = None) -> None:
@@ -529,8 +534,28 @@ class Coordinator:
             if dead and self.store.delete_if(INSTANCES, key, entry.raw):
                 removed.append(key)
                 self._remove_queue_state_of(key)
+                self.store.delete(PARALLELISM, key)  # its in-flight slots died with it
         if removed:
             log.info("removed dead instances: %s", ", ".join(removed))
+        return removed
+
+    def cleanup_orphans(self) -> list[str]:
+        """Remove per-instance state whose instance file is gone (pi's own cleanup
+        deletes only the instance file): parallelism after the heartbeat timeout,
+        stealing statistics after a day."""
+        now = self.clock.now_ms()
+        instances = set(self.store.keys(INSTANCES))
+        removed = []
+        for space, max_age in ((PARALLELISM, self.config.heartbeat_timeout_ms), (STEALING_STATS, ORPHAN_STATS_MAX_AGE_MS)):
+            for key in self.store.keys(space):
+                if key in instances:
+                    continue
+                try:
+                    blob = self.store.read(space, key)
+                except EntryUnreadable:
+                    continue
+                if blob is not None and now - blob.modified_ms >= max_age and self.store.delete_if(space, key, blob.data):
+                    removed.append(f"{space.name}/{key}")
         return removed
 
     def _is_dead(self, info: InstanceInfo, modified_ms: int, now: int) -> bool:

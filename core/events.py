@@ -33,6 +33,8 @@ class EventLog:
         lines, cursor = self.store.read_events(cursor, limit)
         events, bad = [], 0
         for line in lines:
+            if not line.strip():
+                continue
             try:
                 events.append(FleetEvent.from_json(line))
             except CorruptRecord:

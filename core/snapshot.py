@@ -9,6 +9,7 @@ arithmetic the instances use (:mod:`core.semantics`).
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from enum import Enum
@@ -17,16 +18,40 @@ from typing import Any, NamedTuple
 from . import semantics
 from .clock import SYSTEM_CLOCK, Clock
 from .config import load_config
+from .events import EventLog
 from .models import (
     BroadcastQueueState,
     CoordinatorConfig,
     DistributedLock,
+    FleetEvent,
     InstanceInfo,
+    InstanceParallelism,
+    ModelParallelism,
+    ProviderRateState,
+    SharedBackoff,
     StealClaim,
     StealingStats,
 )
+from .semantics import uses_model
 from .procs import Liveness, LivenessCache
-from .store import CLAIMS, INSTANCES, LOCKS, QUEUES, STEALING_STATS, Loaded, RecordCache, Space, Store
+from .store import (
+    BACKOFF,
+    CLAIMS,
+    INSTANCES,
+    LOCKS,
+    PARALLELISM,
+    QUEUES,
+    RATE_LIMITS,
+    STEALING_STATS,
+    Loaded,
+    RecordCache,
+    Space,
+    Store,
+    StoreError,
+)
+
+EVENTS_KEPT = 200
+BACKOFF_WINDOW_MS = 300_000
 
 # A heartbeat this far in the future means the writer's clock is ahead of ours.
 CLOCK_SKEW_TOLERANCE_MS = 5_000
@@ -62,6 +87,7 @@ class InstanceView(NamedTuple):
     queue: BroadcastQueueState | None
     stats: StealingStats | None
     problem: str | None
+    parallelism: InstanceParallelism | None = None
 
     @property
     def instance_id(self) -> str:
@@ -98,6 +124,42 @@ class ModelView(NamedTuple):
     model: str
     instance_count: int
     parallel_limit: int  # per-instance share of the plain limit for this model
+
+
+class ModelParallelismView(NamedTuple):
+    """One provider:model of one counted instance, as its adjuster last wrote it."""
+
+    instance_id: str
+    state: ModelParallelism
+    age_ms: int  # since the adjuster wrote it
+
+
+class BackoffView(NamedTuple):
+    """The fleet's shared 429 backoff of one provider:model."""
+
+    provider: str
+    model: str
+    until: int
+    remaining_ms: int
+    recent429s: int  # within pi's 5-minute window
+    last_reported_by: str | None
+    instances_waiting: int  # counted instances using the model
+
+    @property
+    def active(self) -> bool:
+        return self.remaining_ms > 0
+
+
+class RateLimitView(NamedTuple):
+    """A provider's shared rate limiter and adaptive controller."""
+
+    provider: str
+    requests_per_minute: float
+    burst: int
+    effective_requests_per_minute: float
+    used_last_minute: int
+    backlog_ms: float  # how far ahead the next free slot is
+    last429_at: int | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,6 +205,10 @@ class FleetSnapshot:
     stealing: StealingTotals
     figures: FleetFigures
     problems: tuple[Problem, ...]
+    parallelism: tuple[ModelParallelismView, ...] = ()
+    backoffs: tuple[BackoffView, ...] = ()
+    rate_limits: tuple[RateLimitView, ...] = ()
+    events: tuple[FleetEvent, ...] = ()  # the most recent, oldest first
 
     def instance(self, instance_id: str) -> InstanceView | None:
         return next((i for i in self.instances if i.instance_id == instance_id), None)
@@ -213,6 +279,35 @@ class FleetSnapshot:
                 "claims": self.stealing.claims,
             },
             "problems": [{"kind": p.kind, "where": p.where, "message": p.message} for p in self.problems],
+            "parallelism": [
+                {"instanceId": v.instance_id, "ageMs": v.age_ms, **v.state.model_dump(mode="json", by_alias=True)}
+                for v in self.parallelism
+            ],
+            "backoffs": [
+                {
+                    "provider": b.provider,
+                    "model": b.model,
+                    "until": b.until,
+                    "remainingMs": b.remaining_ms,
+                    "recent429s": b.recent429s,
+                    "lastReportedBy": b.last_reported_by,
+                    "instancesWaiting": b.instances_waiting,
+                }
+                for b in self.backoffs
+            ],
+            "rateLimits": [
+                {
+                    "provider": r.provider,
+                    "requestsPerMinute": r.requests_per_minute,
+                    "burst": r.burst,
+                    "effectiveRequestsPerMinute": r.effective_requests_per_minute,
+                    "usedLastMinute": r.used_last_minute,
+                    "backlogMs": r.backlog_ms,
+                    "last429At": r.last429_at,
+                }
+                for r in self.rate_limits
+            ],
+            "events": [e.model_dump(mode="json", by_alias=True) for e in self.events],
         }
 
 
@@ -240,6 +335,7 @@ class _Index:
     queues: list[BroadcastQueueState]
     queue_by_id: dict[str, BroadcastQueueState]
     stats_by_id: dict[str, StealingStats]
+    parallelism_by_id: dict[str, InstanceParallelism]
     claims_per_owner: dict[str, int]
     claims: int
     locks: list[tuple[str, Loaded[DistributedLock]]]
@@ -273,7 +369,14 @@ class SnapshotBuilder:
             LOCKS: RecordCache(store, LOCKS, DistributedLock),
             STEALING_STATS: RecordCache(store, STEALING_STATS, StealingStats),
             CLAIMS: RecordCache(store, CLAIMS, StealClaim),
+            PARALLELISM: RecordCache(store, PARALLELISM, InstanceParallelism),
+            BACKOFF: RecordCache(store, BACKOFF, SharedBackoff),
+            RATE_LIMITS: RecordCache(store, RATE_LIMITS, ProviderRateState),
         }
+        self._events = EventLog(store)
+        self._event_cursor = 0
+        self._recent_events: deque[FleetEvent] = deque(maxlen=EVENTS_KEPT)
+        self._unreadable_events = 0
 
     def _dead_pid_problem(self, key: str, pid: int) -> Problem:
         # The same words for the same dead instance on every build: made once.
@@ -300,8 +403,21 @@ class SnapshotBuilder:
                 cache.refresh()
             elif space in changed:
                 cache.refresh(changed[space])
+        self._tail_events()
         config, config_problems = load_config(self.store, self._config_overrides, self._env)
         return self._compose(self.clock.now_ms(), config, config_problems)
+
+    def _tail_events(self) -> None:
+        """Read what was appended to the event log since the last build."""
+        try:
+            while True:
+                events, self._event_cursor, bad = self._events.read(self._event_cursor, EVENTS_KEPT)
+                self._recent_events.extend(events)
+                self._unreadable_events += bad
+                if len(events) + bad < EVENTS_KEPT:
+                    break
+        except (StoreError, OSError):
+            pass  # the log is advisory: the rest of the snapshot still stands
 
     def _index(self) -> _Index:
         """Lookups that change only when some space's content changes."""
@@ -322,12 +438,49 @@ class SnapshotBuilder:
             queues=list(queue_by_id.values()),
             queue_by_id=queue_by_id,
             stats_by_id={s.instance_id: s for s in self._caches[STEALING_STATS].records()},
+            parallelism_by_id={p.instance_id: p for p in self._caches[PARALLELISM].records()},
             claims_per_owner=claims_per_owner,
             claims=len(self._caches[CLAIMS].entries),
             locks=list(self._caches[LOCKS].entries.items()),
             entry_problems=problems,
         )
         return self._last_index
+
+    def _backoff_views(self, now: int, alive: list[InstanceInfo]) -> tuple[BackoffView, ...]:
+        views = []
+        for backoff in self._caches[BACKOFF].records():
+            recent = [e for e in backoff.recent429s if e.at > now - BACKOFF_WINDOW_MS]
+            views.append(
+                BackoffView(
+                    backoff.provider,
+                    backoff.model,
+                    backoff.until,
+                    backoff.wait_ms(now),
+                    len(recent),
+                    backoff.recent429s[-1].instance_id if backoff.recent429s else None,
+                    sum(1 for i in alive if uses_model(i, backoff.provider, backoff.model)),
+                )
+            )
+        return tuple(views)
+
+    def _rate_limit_views(self, now: int) -> tuple[RateLimitView, ...]:
+        views = []
+        for state in self._caches[RATE_LIMITS].records():
+            pool = state.buckets.get("pool")
+            # The next free slot is the bucket's arrival time less its burst tolerance.
+            tolerance = (state.burst - 1) * 60_000 / max(state.effective_requests_per_minute, 1e-9)
+            views.append(
+                RateLimitView(
+                    state.provider,
+                    state.requests_per_minute,
+                    state.burst,
+                    state.effective_requests_per_minute,
+                    state.used_last_minute(now),
+                    max(0.0, pool.tat - tolerance - now) if pool else 0.0,
+                    state.last429_at,
+                )
+            )
+        return tuple(views)
 
     def _alive_figures(
         self, alive: list[InstanceInfo], config: CoordinatorConfig, generation: int
@@ -407,6 +560,8 @@ class SnapshotBuilder:
         counts = dict.fromkeys(Status, 0)
         queue_by_id = index.queue_by_id
         stats_by_id = index.stats_by_id
+        parallelism_by_id = index.parallelism_by_id
+        parallelism_views = []
         for key, entry, status, age, counted, liveness in judged:
             info = entry.record
             counts[status] += 1
@@ -423,8 +578,15 @@ class SnapshotBuilder:
                     queue_by_id.get(instance_id),
                     stats_by_id.get(instance_id),
                     entry.problem,
+                    parallelism_by_id.get(instance_id),
                 )
             )
+            adjuster = parallelism_by_id.get(instance_id) if counted else None
+            if adjuster is not None:
+                # In-flight counts of dead instances are not shown: their slots died with them.
+                parallelism_views.extend(
+                    ModelParallelismView(instance_id, state, now - adjuster.updated_at) for state in adjuster.models.values()
+                )
 
         fresh_limit = config.queue_fresh_ms
         queue_views = []
@@ -465,7 +627,15 @@ class SnapshotBuilder:
             busy_instances=sum(1 for r in alive_records if r.pending >= semantics.STEAL_VICTIM_MIN_PENDING),
             status_counts=counts,
         )
+        if self._unreadable_events:
+            problems.append(
+                Problem("corrupt", "pi-dash/events.jsonl", f"{self._unreadable_events} unreadable event line(s) skipped")
+            )
         return FleetSnapshot(
+            parallelism=tuple(parallelism_views),
+            backoffs=self._backoff_views(now, alive_records),
+            rate_limits=self._rate_limit_views(now),
+            events=tuple(self._recent_events),
             taken_at_ms=now,
             source=self.store.describe(),
             config=config,

@@ -378,10 +378,14 @@ def counter_reader(root: str, name: str, space_name: str, key: str, start: Any, 
 
 
 # ----------------------------------------------------------------- test 7
-def event_appender(root: str, name: str, count: int, start: Any, out: Any) -> None:
-    """Append ``count`` numbered events to the fleet's event log."""
+def event_appender(root: str, name: str, count: int, start: Any, segment_bytes: int | None, out: Any) -> None:
+    """Append ``count`` numbered events to the fleet's event log (segments of ``segment_bytes``)."""
 
     def body() -> dict[str, Any]:
+        if segment_bytes is not None:
+            import core.store.directory as directory
+
+            directory.EVENTS_MAX_BYTES = segment_bytes
         store = DirectoryStore(root)
         out.put((READY, name, os.getpid()))
         start.wait()

@@ -200,3 +200,19 @@ def test_event_log_reads_in_order_and_survives_rotation(store, monkeypatch):
     assert store.read_events(cursor) == ([], cursor)
     with pytest.raises(ValueError):
         store.append_event(b"two\nlines")
+    with pytest.raises(ValueError):
+        store.append_event(b"")
+
+
+def test_a_reader_that_fell_behind_resumes_at_the_oldest_kept_segment(store, monkeypatch):
+    import core.store.directory as directory
+
+    monkeypatch.setattr(directory, "EVENTS_MAX_BYTES", 20)
+    store.append_event(b'{"n": 0}')
+    _, cursor = store.read_events(0)
+    for n in range(1, 12):
+        store.append_event(b'{"n": %d}' % n)
+    assert len(list((store.root / "pi-dash" / "events").iterdir())) == directory.EVENTS_SEGMENTS_KEPT
+    events, _ = store.read_events(cursor)
+    numbers = [int(e.split(b":")[1].strip(b" }")) for e in events]
+    assert numbers == sorted(numbers) and numbers[-1] == 11 and len(set(numbers)) == len(numbers)

@@ -53,9 +53,9 @@ from .base import (
 )
 
 ENV_ROOT = "PI_RUNTIME_DIR"
-EVENTS_FILE = "pi-dash/events.jsonl"
-EVENTS_ROTATED = "pi-dash/events.1.jsonl"
-EVENTS_MAX_BYTES = 4 * 1024 * 1024
+EVENTS_DIR = "pi-dash/events"
+EVENTS_MAX_BYTES = 2 * 1024 * 1024
+EVENTS_SEGMENTS_KEPT = 3
 _EVENTS_GUARD = Space("pi-dash", "events")  # names the guard stripe of the log
 CONFIG_FILE = "coordinator.json"
 GUARD_DIR = "pi-dash/guards"
@@ -465,43 +465,55 @@ class DirectoryStore(Store):
             os.close(fd)
 
     # --------------------------------------------------------------- events
+    # The log is a series of numbered segments (pi-dash/events/000001.jsonl, ...).
+    # A segment number is never reused, so a cursor (segment << 40 | offset)
+    # names one file forever: a reader can never mistake a newer file for the
+    # one it was reading, whatever the inode numbers do.
+    def _segments(self) -> list[int]:
+        try:
+            names = os.listdir(os.path.join(self._root, EVENTS_DIR))
+        except FileNotFoundError:
+            return []
+        return sorted(int(n[:-6]) for n in names if n.endswith(".jsonl") and n[:-6].isdigit())
+
+    def _segment_path(self, number: int) -> str:
+        return os.path.join(self._root, EVENTS_DIR, f"{number:06d}.jsonl")
+
     def append_event(self, data: bytes) -> None:
-        """Append one line; the log is rotated once past ``EVENTS_MAX_BYTES`` (one old file kept)."""
-        if b"\n" in data:
-            raise ValueError("an event must be a single line")
-        path = os.path.join(self._root, EVENTS_FILE)
-        self._ensure_dir(os.path.dirname(path))
+        """Append one line; past ``EVENTS_MAX_BYTES`` a new segment starts and the oldest go."""
+        if not data.strip() or b"\n" in data:
+            raise ValueError("an event must be one non-empty line")
+        self._ensure_dir(os.path.join(self._root, EVENTS_DIR))
         with self._guard(_EVENTS_GUARD, "log"):
+            segments = self._segments() or [1]
+            path = self._segment_path(segments[-1])
             try:
                 fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
+                try:
+                    os.write(fd, data + b"\n")
+                    size = os.fstat(fd).st_size
+                finally:
+                    os.close(fd)
+                if size > EVENTS_MAX_BYTES:
+                    _create_empty(self._segment_path(segments[-1] + 1))
+                    for old in segments[: -(EVENTS_SEGMENTS_KEPT - 1) or None]:
+                        _unlink_quietly(self._segment_path(old))
             except OSError as exc:
                 raise StoreError(f"cannot append to {path}: {exc.strerror}") from None
-            try:
-                os.write(fd, data + b"\n")
-                size = os.fstat(fd).st_size
-            finally:
-                os.close(fd)
-            if size > EVENTS_MAX_BYTES:
-                os.replace(path, os.path.join(self._root, EVENTS_ROTATED))
 
     def read_events(self, cursor: int = 0, limit: int = 1000) -> tuple[list[bytes], int]:
-        """Cursors are ``inode << 40 | offset``: they survive rotation of the log."""
-        current = os.path.join(self._root, EVENTS_FILE)
-        rotated = os.path.join(self._root, EVENTS_ROTATED)
-        inode, offset = cursor >> 40, cursor & ((1 << 40) - 1)
+        segment, offset = cursor >> 40, cursor & ((1 << 40) - 1)
         events: list[bytes] = []
-        current_ino = _inode(current)
-        if inode and inode != current_ino:
-            # The reader's file was rotated away: finish it, then start the new one.
-            if _inode(rotated) == inode:
-                events, _ = _read_lines(rotated, offset, limit)
-                if len(events) >= limit:
-                    return events, cursor + sum(len(e) + 1 for e in events)
-            offset = 0
-        if current_ino is None:
-            return events, 0
-        more, offset = _read_lines(current, offset, limit - len(events))
-        return events + more, (current_ino << 40) | offset
+        for number in self._segments():
+            if number < segment:
+                continue
+            if number > segment:
+                segment, offset = number, 0  # the next segment, or the oldest kept after falling behind
+            lines, offset = _read_lines(self._segment_path(number), offset, limit - len(events))
+            events.extend(lines)
+            if len(events) >= limit:
+                break
+        return events, (segment << 40) | offset
 
     def sweep(self, older_than_ms: int) -> int:
         """Remove temporary files that crashed writers left behind."""
@@ -523,11 +535,11 @@ class DirectoryStore(Store):
         return removed
 
 
-def _inode(path: str) -> int | None:
+def _create_empty(path: str) -> None:
     try:
-        return os.stat(path).st_ino
-    except OSError:
-        return None
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600))
+    except FileExistsError:
+        pass
 
 
 def _read_lines(path: str, offset: int, limit: int) -> tuple[list[bytes], int]:
@@ -539,11 +551,10 @@ def _read_lines(path: str, offset: int, limit: int) -> tuple[list[bytes], int]:
     except OSError:
         return [], offset
     end = data.rfind(b"\n")
-    if end < 0:
+    if end < 0 or limit <= 0:
         return [], offset
     lines = data[:end].split(b"\n")[:limit]
-    consumed = sum(len(line) + 1 for line in lines)
-    return [line for line in lines if line.strip()], offset + consumed
+    return lines, offset + sum(len(line) + 1 for line in lines)
 
 
 def _unlink_quietly(path: str) -> bool:
