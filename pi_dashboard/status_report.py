@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from datetime import datetime, timezone
 
+from core.limits_view import ProviderLimits
 from core.snapshot import FleetSnapshot, InstanceView, Status
 
 from .text import clip, clip_left, duration, printable
@@ -103,3 +104,36 @@ def render(snapshot: FleetSnapshot, width: int = 100) -> str:
         lines += ["", f"{len(snapshot.problems)} problem(s):"]
         lines += [clip(f"  ! {printable(str(p))}", width) for p in snapshot.problems]
     return "\n".join(lines)
+
+
+def _number(value: float) -> str:
+    return f"{value:g}" if value < 1e6 else f"{value:.3g}"
+
+
+def render_limits(rows: Sequence[ProviderLimits], problems: Sequence[str] = ()) -> str:
+    """pi's ``pi_model_limits`` layout, with the fleet's live usage and backoff."""
+    lines: list[str] = []
+    for row in rows:
+        effective = row.effective_requests_per_minute
+        adapted = "" if effective == row.requests_per_minute else f" (effective {_number(effective)} after 429s)"
+        lines += [
+            f"Provider: {printable(row.provider)}",
+            f"  Requests/minute: {_number(row.requests_per_minute)}{adapted}",
+            f"  Burst: {row.burst}",
+            f"  Current usage: {row.used_last_minute}/{_number(effective)}",
+        ]
+        for model, rpm, burst in row.model_limits:
+            lines.append(f"  Model {printable(model)}: {_number(rpm)}/minute" + (f", burst {burst}" if burst else ""))
+        active = [b for b in row.backoffs if b.active]
+        if not active:
+            lines.append("  Backoff: none")
+        for backoff in active:
+            lines.append(
+                f"  Backoff: {printable(backoff.model)} for {duration(backoff.remaining_ms)} more "
+                f"({backoff.recent429s} 429s in 5 min, {backoff.instances_waiting} instance(s) waiting)"
+            )
+        lines.append("")
+    if not rows:
+        lines.append("No such provider.")
+    lines += [f"! {printable(p)}" for p in problems]
+    return "\n".join(lines).rstrip()

@@ -65,3 +65,29 @@ def test_text_helpers():
     assert [duration(ms) for ms in (None, 850, 12_000, 245_000, 3 * 3_600_000 + 720_000)] == [
         "-", "850ms", "12s", "4m05s", "3h12m"
     ]
+
+
+def test_limits_shows_each_provider_usage_and_backoff(root, capsys, tmp_path):
+    config = tmp_path / "config.json"
+    config.write_text(
+        '{"crossInstance": {"providers": {"openai": {"requestsPerMinute": 1000, "burst": 200,'
+        ' "models": {"gpt-4o": {"requestsPerMinute": 300}}}, "anthropic": {"burst": -1}}}}'
+    )
+    coordinator = Coordinator(root=root, env={"PI_CONFIG": str(config)})
+    coordinator.register(heartbeat=False)
+    for _ in range(3):
+        with coordinator.llm_slot("openai", "gpt-4o"):
+            pass
+    with coordinator.llm_slot("openai", "gpt-4o") as slot:
+        slot.report_429(retry_after=30)
+    assert main(["limits", "--root", str(root), "--config", str(config)]) == 0
+    out = capsys.readouterr().out
+    assert "Provider: openai\n  Requests/minute: 1000 (effective 900 after 429s)\n  Burst: 200\n  Current usage: 4/900" in out
+    assert "Model gpt-4o: 300/minute" in out and "Backoff: gpt-4o for" in out
+    assert "Provider: anthropic\n  Requests/minute: 50\n  Burst: 25" in out  # bad entry: default kept
+    assert "crossInstance.providers.anthropic: burst: Input should be greater than 0" in out
+    assert main(["limits", "--root", str(root), "--config", str(config), "--provider", "openai", "--json"]) == 0
+    (row,) = json.loads(capsys.readouterr().out)["providers"]
+    assert (row["requestsPerMinute"], row["effectiveRequestsPerMinute"], row["usedLastMinute"]) == (1000, 900, 4)
+    assert row["backoffs"][0]["model"] == "gpt-4o" and row["backoffs"][0]["remainingMs"] > 0
+    assert main(["limits", "--root", str(root), "--provider", "nope"]) == 1
