@@ -17,6 +17,7 @@ import os
 import re
 import secrets
 import threading
+import time
 from collections.abc import Mapping, Sequence
 from contextlib import AbstractAsyncContextManager, AbstractContextManager
 from dataclasses import dataclass
@@ -25,6 +26,7 @@ from . import semantics
 from .backoff import BackoffBoard
 from .clock import SYSTEM_CLOCK, Clock, utc_from_ms
 from .config import load_config, work_stealing_enabled
+from .control import read_request, update_request
 from .events import EventLog
 from .locks import DEFAULT_TTL_MS, LockService, to_base36
 from .parallelism import AdjusterConfig, DynamicParallelismAdjuster
@@ -46,6 +48,7 @@ from .procs import HOSTNAME, Liveness, own_start_ms
 from .stealing import StealingService, StolenWork
 from .store import (
     CLAIMS,
+    CONTROL,
     INSTANCES,
     LOCKS,
     PARALLELISM,
@@ -63,7 +66,9 @@ log = logging.getLogger("pi_dash.core")
 
 _PID_IN_ID = re.compile(r"-pid(\d+)-")
 TEMP_FILE_MAX_AGE_MS = 60_000
+CONTROL_POLL_S = 1.0
 ORPHAN_STATS_MAX_AGE_MS = 24 * 3_600_000
+ORPHAN_CONTROL_MAX_AGE_MS = 600_000
 
 
 class NotRegistered(RuntimeError):
@@ -272,14 +277,48 @@ class Coordinator:
         self.store.write(INSTANCES, self._info.instance_id, self._info.to_json())
 
     def _heartbeat_loop(self) -> None:
+        """Heartbeat every interval; look for control requests every second in between."""
         interval = self.config.heartbeat_interval_ms / 1000
-        while not self._stop.wait(interval):
+        next_beat = time.monotonic() + interval
+        while not self._stop.wait(min(CONTROL_POLL_S, max(0.0, next_beat - time.monotonic()))):
             try:
-                self.enhanced_heartbeat()
+                self.check_control()
+                if time.monotonic() >= next_beat:
+                    next_beat = time.monotonic() + interval
+                    self.enhanced_heartbeat()
             except StoreError as exc:
                 log.warning("heartbeat failed: %s", exc)
             except Exception:  # the heartbeat thread must outlive any one bad round
                 log.exception("heartbeat round failed")
+
+    # -------------------------------------------------------------- control
+    @property
+    def draining(self) -> bool:
+        """Asked to drain: finish current work, start and steal none, then :meth:`finish_drain`."""
+        return self._info is not None and self._info.draining_since is not None
+
+    def check_control(self) -> None:
+        """Acknowledge a pending drain request (the heartbeat thread calls this every second)."""
+        if self._info is None or self.draining:
+            return
+        found = read_request(self.store, self._info.instance_id)
+        if found is None or found[0].acknowledged_at is not None:
+            return
+        request, seen = found
+        now = self.clock.now_ms()
+        self._update(draining_since=now)
+        update_request(self.store, request, seen, acknowledged_at=now)
+        self.events.emit("drain", f"{self._info.instance_id} is draining (requested by {request.requested_by})")
+        log.info("draining, as %s asked", request.requested_by)
+
+    def finish_drain(self) -> None:
+        """Work is done: record that, then leave the fleet (the dashboard shows it offline)."""
+        if self._info is not None:
+            found = read_request(self.store, self._info.instance_id)
+            if found is not None:
+                update_request(self.store, found[0], found[1], completed_at=self.clock.now_ms())
+            self.events.emit("drain", f"{self._info.instance_id} drained and went offline")
+        self.unregister()
 
     # ------------------------------------------------------------ heartbeat
     def heartbeat(self) -> None:
@@ -428,7 +467,9 @@ class Coordinator:
 
     def should_attempt_work_stealing(self) -> bool:
         """Stealing is on, this instance is idle, and another has more than two tasks waiting."""
-        return self.work_stealing_enabled and self.is_idle() and bool(self._busy_remote_instances())
+        return (
+            self.work_stealing_enabled and not self.draining and self.is_idle() and bool(self._busy_remote_instances())
+        )
 
     def work_stealing_candidates(self, top_n: int = 3) -> list[str]:
         """Ids of the busiest other instances, most pending first."""
@@ -452,7 +493,7 @@ class Coordinator:
 
     def safe_steal_work(self) -> StolenWork | None:
         """Take one entry from a busy instance, claimed exactly once across the fleet."""
-        if not self.work_stealing_enabled or not self.is_idle():
+        if not self.work_stealing_enabled or not self.is_idle() or self.draining:
             return None
         return self._stealer().safe_steal(self.remote_queue_states())
 
@@ -542,11 +583,17 @@ class Coordinator:
     def cleanup_orphans(self) -> list[str]:
         """Remove per-instance state whose instance file is gone (pi's own cleanup
         deletes only the instance file): parallelism after the heartbeat timeout,
+        control requests after ten minutes (long enough to show "offline"),
         stealing statistics after a day."""
         now = self.clock.now_ms()
         instances = set(self.store.keys(INSTANCES))
         removed = []
-        for space, max_age in ((PARALLELISM, self.config.heartbeat_timeout_ms), (STEALING_STATS, ORPHAN_STATS_MAX_AGE_MS)):
+        orphan_ages = (
+            (PARALLELISM, self.config.heartbeat_timeout_ms),
+            (CONTROL, ORPHAN_CONTROL_MAX_AGE_MS),
+            (STEALING_STATS, ORPHAN_STATS_MAX_AGE_MS),
+        )
+        for space, max_age in orphan_ages:
             for key in self.store.keys(space):
                 if key in instances:
                     continue

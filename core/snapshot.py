@@ -19,8 +19,10 @@ from . import semantics
 from .clock import SYSTEM_CLOCK, Clock
 from .config import load_config
 from .events import EventLog
+from .control import ACK_INTERVALS
 from .models import (
     BroadcastQueueState,
+    ControlRequest,
     CoordinatorConfig,
     DistributedLock,
     FleetEvent,
@@ -37,6 +39,7 @@ from .procs import Liveness, LivenessCache
 from .store import (
     BACKOFF,
     CLAIMS,
+    CONTROL,
     INSTANCES,
     LOCKS,
     PARALLELISM,
@@ -62,6 +65,8 @@ class Status(str, Enum):
     STALE = "stale"  # heartbeat late, but pi still counts it (younger than the timeout)
     DEAD = "dead"  # heartbeat past the timeout, or its process is gone
     CORRUPT = "corrupt"  # the file cannot be read as an instance
+    DRAINING = "draining"  # alive, finishing its work at an operator's request
+    OFFLINE = "offline"  # drained and left: its file is gone, its drain request remains
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,6 +137,15 @@ class ModelParallelismView(NamedTuple):
     instance_id: str
     state: ModelParallelism
     age_ms: int  # since the adjuster wrote it
+
+
+class ControlView(NamedTuple):
+    """A control request and where it stands: pending, acknowledged, not-acknowledged,
+    completed (drained, file still there) or offline (drained and gone)."""
+
+    instance_id: str
+    request: ControlRequest
+    state: str
 
 
 class BackoffView(NamedTuple):
@@ -209,6 +223,7 @@ class FleetSnapshot:
     backoffs: tuple[BackoffView, ...] = ()
     rate_limits: tuple[RateLimitView, ...] = ()
     events: tuple[FleetEvent, ...] = ()  # the most recent, oldest first
+    controls: tuple[ControlView, ...] = ()
 
     def instance(self, instance_id: str) -> InstanceView | None:
         return next((i for i in self.instances if i.instance_id == instance_id), None)
@@ -308,6 +323,10 @@ class FleetSnapshot:
                 for r in self.rate_limits
             ],
             "events": [e.model_dump(mode="json", by_alias=True) for e in self.events],
+            "controls": [
+                {"instanceId": c.instance_id, "state": c.state, **c.request.model_dump(mode="json", by_alias=True)}
+                for c in self.controls
+            ],
         }
 
 
@@ -370,6 +389,7 @@ class SnapshotBuilder:
             STEALING_STATS: RecordCache(store, STEALING_STATS, StealingStats),
             CLAIMS: RecordCache(store, CLAIMS, StealClaim),
             PARALLELISM: RecordCache(store, PARALLELISM, InstanceParallelism),
+            CONTROL: RecordCache(store, CONTROL, ControlRequest),
             BACKOFF: RecordCache(store, BACKOFF, SharedBackoff),
             RATE_LIMITS: RecordCache(store, RATE_LIMITS, ProviderRateState),
         }
@@ -446,6 +466,21 @@ class SnapshotBuilder:
         )
         return self._last_index
 
+    def _control_views(self, now: int, config: CoordinatorConfig, index: _Index) -> tuple[ControlView, ...]:
+        present = self._caches[INSTANCES].entries
+        views = []
+        for request in self._caches[CONTROL].records():
+            if request.completed_at is not None:
+                state = "offline" if request.instance_id not in present else "completed"
+            elif request.acknowledged_at is not None:
+                state = "acknowledged"
+            elif now - request.requested_at > ACK_INTERVALS * config.heartbeat_interval_ms:
+                state = "not-acknowledged"
+            else:
+                state = "pending"
+            views.append(ControlView(request.instance_id, request, state))
+        return tuple(views)
+
     def _backoff_views(self, now: int, alive: list[InstanceInfo]) -> tuple[BackoffView, ...]:
         views = []
         for backoff in self._caches[BACKOFF].records():
@@ -512,7 +547,7 @@ class SnapshotBuilder:
         timeout = config.heartbeat_timeout_ms
         stale_after = 2 * config.heartbeat_interval_ms
         alive_records: list[InstanceInfo] = []
-        judged: list[tuple[str, Loaded[InstanceInfo], Status, int | None, bool, Liveness]] = []
+        judged: list[tuple[str, Loaded[InstanceInfo] | None, Status, int | None, bool, Liveness]] = []
         for key, entry in index.instances:
             info = entry.record
             if info is None:
@@ -549,11 +584,27 @@ class SnapshotBuilder:
                 problems.append(self._dead_pid_problem(key, info.pid))
             elif not counted:
                 status = Status.DEAD
+            elif info.draining_since is not None:
+                status = Status.DRAINING
             elif age >= stale_after:
                 status = Status.STALE
             else:
                 status = Status.ALIVE
             judged.append((key, entry, status, age, counted, liveness))
+
+        control_views = self._control_views(now, config, index)
+        for view in control_views:
+            if view.state == "offline":
+                judged.append((view.instance_id, None, Status.OFFLINE, None, False, Liveness.UNKNOWN))
+            elif view.state == "not-acknowledged":
+                problems.append(
+                    Problem(
+                        "not-acknowledged",
+                        _where(CONTROL, view.instance_id),
+                        f"{view.request.action} requested {(now - view.request.requested_at) // 1000} s ago; "
+                        "the instance does not answer control requests (pi's own instances do not)",
+                    )
+                )
 
         plain, limits, models = self._alive_figures(alive_records, config, self._caches[INSTANCES].generation)
         views = []
@@ -563,7 +614,7 @@ class SnapshotBuilder:
         parallelism_by_id = index.parallelism_by_id
         parallelism_views = []
         for key, entry, status, age, counted, liveness in judged:
-            info = entry.record
+            info = entry.record if entry is not None else None
             counts[status] += 1
             instance_id = info.instance_id if info else key
             views.append(
@@ -577,7 +628,7 @@ class SnapshotBuilder:
                     limits.get(instance_id) if counted else None,
                     queue_by_id.get(instance_id),
                     stats_by_id.get(instance_id),
-                    entry.problem,
+                    entry.problem if entry is not None else None,
                     parallelism_by_id.get(instance_id),
                 )
             )
@@ -632,6 +683,7 @@ class SnapshotBuilder:
                 Problem("corrupt", "pi-dash/events.jsonl", f"{self._unreadable_events} unreadable event line(s) skipped")
             )
         return FleetSnapshot(
+            controls=control_views,
             parallelism=tuple(parallelism_views),
             backoffs=self._backoff_views(now, alive_records),
             rate_limits=self._rate_limit_views(now),

@@ -2,6 +2,7 @@
 
 from ._base import CorruptRecord, JsNumber, JsTime, Record, from_epoch_ms, to_epoch_ms, to_js_iso
 from .config import CoordinatorConfig
+from .control import ControlRequest
 from .instance import ActiveModelInfo, InstanceInfo
 from .lock import DistributedLock
 from .parallelism import (
@@ -31,6 +32,7 @@ __all__ = [
     "RecentError",
     "SharedBackoff",
     "BroadcastQueueState",
+    "ControlRequest",
     "CoordinatorConfig",
     "CorruptRecord",
     "DistributedLock",

@@ -38,6 +38,7 @@ class InstanceInfo(Record):
     hostname: str | None = None
     process_started_at: int | None = None
     instance_name: str | None = None  # PI_INSTANCE_ID: the name config.json's ``instances`` refers to
+    draining_since: int | None = None  # epoch ms: finishing current work, taking and stealing none
 
     @cached_property
     def heartbeat_ms(self) -> int:

@@ -43,8 +43,9 @@ CLAIMS = Space("pi-dash/claims", ".json")
 PARALLELISM = Space("pi-dash/parallelism", ".json")
 BACKOFF = Space("pi-dash/backoff", ".json", in_place=True)
 RATE_LIMITS = Space("pi-dash/rate-limits", ".json", in_place=True)
+CONTROL = Space("pi-dash/control", ".json")
 
-ALL_SPACES = (INSTANCES, QUEUES, LOCKS, STEALING_STATS, CLAIMS, PARALLELISM, BACKOFF, RATE_LIMITS)
+ALL_SPACES = (INSTANCES, QUEUES, LOCKS, STEALING_STATS, CLAIMS, PARALLELISM, BACKOFF, RATE_LIMITS, CONTROL)
 
 Updater = Callable[[bytes | None], bytes | None]
 """Maps the current bytes (``None`` if absent) to the new bytes (``None``: leave as is)."""

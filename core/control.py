@@ -1,0 +1,77 @@
+"""Operator actions on a fleet, each through the store's atomic operations and each
+written to the event log: drain an instance, release a lock, remove a dead
+instance's files.  The dashboard calls these; it never touches files itself.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .clock import SYSTEM_CLOCK, Clock
+from .events import EventLog
+from .locks import LockRelease, LockService
+from .models import ControlRequest, CorruptRecord, DistributedLock
+from .store import CONTROL, INSTANCES, PARALLELISM, QUEUES, EntryUnreadable, Store, read_record
+
+# An instance that has not acknowledged a drain within this many heartbeat
+# intervals does not understand it (pi's own instances, for one).
+ACK_INTERVALS = 2
+
+
+@dataclass(frozen=True, slots=True)
+class ActionResult:
+    done: bool
+    message: str
+
+
+class FleetControl:
+    """What an operator may do to a fleet, on behalf of ``actor`` (e.g. ``pi-dash@host``)."""
+
+    def __init__(self, store: Store, actor: str, clock: Clock = SYSTEM_CLOCK) -> None:
+        self.store = store
+        self.actor = actor
+        self.clock = clock
+        self.events = EventLog(store, actor, clock)
+
+    def request_drain(self, instance_id: str) -> ActionResult:
+        """Ask an instance to finish its current work, take and steal none, then go offline."""
+        request = ControlRequest(
+            instance_id=instance_id, action="drain", requested_at=self.clock.now_ms(), requested_by=self.actor
+        )
+        if not self.store.create(CONTROL, instance_id, request.to_json()):
+            return ActionResult(False, f"a control request for {instance_id} is already pending")
+        self.events.emit("drain", f"drain requested for {instance_id}")
+        return ActionResult(True, f"drain requested for {instance_id}")
+
+    def release_lock(self, lock: DistributedLock) -> ActionResult:
+        """Release ``lock`` only if it is still exactly that lock (same ``lockId``)."""
+        result: LockRelease = LockService(self.store, self.actor, self.clock).release_if_current(lock)
+        if result.released:
+            self.events.emit("lock-release", f"lock {lock.resource} of {lock.holder} released by {self.actor}")
+            return ActionResult(True, f"released {lock.resource}")
+        return ActionResult(False, f"{lock.resource} not released: {result.reason}")
+
+    def remove_instance_files(self, key: str, seen: bytes) -> ActionResult:
+        """Remove a dead instance's files, only if its instance file still holds ``seen``.
+
+        The caller decides the instance is dead from a snapshot; if the file
+        changed since (the instance came back), nothing is removed.
+        """
+        if not self.store.delete_if(INSTANCES, key, seen):
+            return ActionResult(False, f"{key} changed since it was seen dead; nothing removed")
+        for space in (QUEUES, PARALLELISM, CONTROL):
+            self.store.delete(space, key)
+        self.events.emit("cleanup", f"files of dead instance {key} removed by {self.actor}")
+        return ActionResult(True, f"removed the files of {key}")
+
+
+def read_request(store: Store, instance_id: str) -> tuple[ControlRequest, bytes] | None:
+    try:
+        found = read_record(store, CONTROL, instance_id, ControlRequest)
+    except (CorruptRecord, EntryUnreadable):
+        return None
+    return None if found is None else (found[0], found[1].data)
+
+
+def update_request(store: Store, request: ControlRequest, seen: bytes, **changes: int) -> bool:
+    return store.replace_if(CONTROL, request.instance_id, seen, request.model_copy(update=changes).to_json())
