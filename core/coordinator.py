@@ -177,7 +177,8 @@ class Coordinator:
             )
             self._info = info
             self._locks = LockService(self.store, info.instance_id, self.clock)
-            self._stealing = StealingService(self.store, self._locks, info.instance_id, self.clock)
+            self.events = EventLog(self.store, info.instance_id, self.clock)
+            self._stealing = StealingService(self.store, self._locks, info.instance_id, self.clock, self.events)
             self._write_info()
             self._start_slot_gate(info)
         if heartbeat:
@@ -193,7 +194,6 @@ class Coordinator:
         for problem in settings.problems:
             log.warning("config: %s", problem)
         self.settings = settings
-        self.events = EventLog(self.store, info.instance_id, self.clock)
         self.adjuster = DynamicParallelismAdjuster(
             self._parallelism_config, clock=self.clock, store=self.store, instance_id=info.instance_id
         )

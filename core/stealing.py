@@ -15,6 +15,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 from .clock import SYSTEM_CLOCK, Clock
+from .events import EventLog
 from .locks import DEFAULT_TTL_MS, LockService
 from .models import BroadcastQueueState, CorruptRecord, StealableQueueEntry, StealClaim, StealingStats
 from .semantics import pick_steal_entry, steal_victims
@@ -49,11 +50,19 @@ class StolenWork:
 class StealingService:
     """Claims and statistics for one instance."""
 
-    def __init__(self, store: Store, locks: LockService, instance_id: str, clock: Clock = SYSTEM_CLOCK) -> None:
+    def __init__(
+        self,
+        store: Store,
+        locks: LockService,
+        instance_id: str,
+        clock: Clock = SYSTEM_CLOCK,
+        events: EventLog | None = None,
+    ) -> None:
         self.store = store
         self.locks = locks
         self.instance_id = instance_id
         self.clock = clock
+        self.events = events
         self._stats_lock = threading.Lock()
         self._stats = self._load_stats()
 
@@ -119,6 +128,10 @@ class StealingService:
             finally:
                 self.locks.release(lock)
             if claim is not None:
+                if self.events is not None:
+                    self.events.emit(
+                        "steal", f"{self.instance_id} stole {entry.id} ({entry.tool_name}, {entry.priority}) from {state.instance_id}"
+                    )
                 return StolenWork(state.instance_id, entry, claim)
             skip.add((state.instance_id, entry.id))
         return None
