@@ -18,9 +18,9 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, Strict, ValidationError, model_validator
 from pydantic.alias_generators import to_camel
 
 DEFAULT_PROVIDER_LIMITS: dict[str, tuple[int, int]] = {
@@ -32,30 +32,41 @@ DEFAULT_PROVIDER_LIMITS: dict[str, tuple[int, int]] = {
 FALLBACK_LIMIT = (60, 10)  # for a provider nobody configured
 ENV_CONFIG = "PI_CONFIG"
 ENV_INSTANCE_NAME = "PI_INSTANCE_ID"
+MAX_PROVIDER_NAME = 100
+
+
+MAX_RATE = 1e9  # requests per minute; anything above is a typo, and would overflow the arithmetic
+MAX_BURST = 10**9
+
+# Strict: JSON's true is not the number 1, and "500" is not 500.
+Rate = Annotated[float, Strict(), Field(gt=0, le=MAX_RATE)]
+Burst = Annotated[int, Strict(), Field(gt=0, le=MAX_BURST)]
 
 
 class _Config(BaseModel):
-    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="ignore", frozen=True)
+    model_config = ConfigDict(
+        alias_generator=to_camel, populate_by_name=True, extra="ignore", frozen=True, allow_inf_nan=False
+    )
 
 
 class ModelLimit(_Config):
-    requests_per_minute: float = Field(gt=0)
-    burst: int | None = Field(default=None, gt=0)
+    requests_per_minute: Rate
+    burst: Burst | None = None
 
 
 class ProviderLimit(_Config):
-    requests_per_minute: float = Field(gt=0)
-    burst: int = Field(gt=0)
+    requests_per_minute: Rate
+    burst: Burst
     models: dict[str, ModelLimit] = Field(default_factory=dict)
 
 
 class AdaptiveRateControl(_Config):
-    enabled: bool = True
-    reduction_factor: float = Field(default=0.9, gt=0, lt=1)
-    recovery_factor: float = Field(default=1.05, gt=1)
-    min_requests_per_minute: float | None = Field(default=None, gt=0)
-    max_requests_per_minute: float | None = Field(default=None, gt=0)
-    quiet_period_ms: int = Field(default=60_000, gt=0)
+    enabled: Annotated[bool, Strict()] = True
+    reduction_factor: Annotated[float, Strict(), Field(gt=0, lt=1)] = 0.9
+    recovery_factor: Annotated[float, Strict(), Field(gt=1, le=10)] = 1.05
+    min_requests_per_minute: Rate | None = None
+    max_requests_per_minute: Rate | None = None
+    quiet_period_ms: Annotated[int, Strict(), Field(gt=0, le=86_400_000)] = 60_000
 
     @model_validator(mode="after")
     def _ordered(self) -> AdaptiveRateControl:
@@ -66,8 +77,8 @@ class AdaptiveRateControl(_Config):
 
 
 class InstancePolicy(_Config):
-    priority: int = Field(default=5, ge=0, le=10)
-    reserved_capacity: float = Field(default=0, ge=0)
+    priority: Annotated[int, Strict(), Field(ge=0, le=10)] = 5
+    reserved_capacity: Annotated[float, Strict(), Field(ge=0, le=MAX_RATE)] = 0
 
 
 @dataclass(frozen=True)
@@ -110,11 +121,12 @@ def config_path(cwd: str | os.PathLike[str] | None = None, env: Mapping[str, str
     return None
 
 
-def _explain(error: ValidationError) -> str:
+def _explain(error: ValidationError, key: str) -> str:
+    """``key.sub.path: reason`` for each error, with the full dotted key path."""
     parts = []
     for item in error.errors():
-        where = ".".join(str(p) for p in item.get("loc", ()))
-        parts.append(f"{where}: {item['msg']}" if where else item["msg"])
+        where = ".".join([key, *(str(p) for p in item.get("loc", ()))])
+        parts.append(f"{where}: {item['msg']}")
     return "; ".join(parts)
 
 
@@ -134,9 +146,16 @@ def parse_settings(document: Any, source: str) -> CrossInstanceSettings:
     if not isinstance(raw_providers, dict):
         problems.append(f"{source}: crossInstance.providers: expected an object; defaults used")
         raw_providers = {}
+    seen: set[str] = set()
     for name, raw in raw_providers.items():
         key = f"crossInstance.providers.{name}"
         lowered = str(name).lower()
+        if not lowered.strip() or len(lowered) > MAX_PROVIDER_NAME or "/" in lowered:
+            problems.append(f"{source}: {key}: not a usable provider name; ignored")
+            continue
+        if lowered in seen:
+            problems.append(f"{source}: {key}: same provider as another entry (names ignore case); this one wins")
+        seen.add(lowered)
         if lowered not in DEFAULT_PROVIDER_LIMITS:
             problems.append(f"{source}: {key}: unknown provider (known: {', '.join(DEFAULT_PROVIDER_LIMITS)}); used as given")
         default_rpm, default_burst = DEFAULT_PROVIDER_LIMITS.get(lowered, FALLBACK_LIMIT)
@@ -144,14 +163,14 @@ def parse_settings(document: Any, source: str) -> CrossInstanceSettings:
         try:
             providers[lowered] = ProviderLimit.model_validate(merged)
         except ValidationError as exc:
-            problems.append(f"{source}: {key}: {_explain(exc)}; default kept")
+            problems.append(f"{source}: {_explain(exc, key)}; default kept")
 
     adaptive = base.adaptive
     if "adaptiveRateControl" in section:
         try:
             adaptive = AdaptiveRateControl.model_validate(section["adaptiveRateControl"])
         except ValidationError as exc:
-            problems.append(f"{source}: crossInstance.adaptiveRateControl: {_explain(exc)}; defaults kept")
+            problems.append(f"{source}: {_explain(exc, 'crossInstance.adaptiveRateControl')}; defaults kept")
 
     instances: dict[str, InstancePolicy] = {}
     raw_instances = section.get("instances", {})
@@ -162,7 +181,7 @@ def parse_settings(document: Any, source: str) -> CrossInstanceSettings:
         try:
             instances[str(name)] = InstancePolicy.model_validate(raw)
         except ValidationError as exc:
-            problems.append(f"{source}: crossInstance.instances.{name}: {_explain(exc)}; ignored")
+            problems.append(f"{source}: {_explain(exc, f'crossInstance.instances.{name}')}; ignored")
     return CrossInstanceSettings(providers, adaptive, instances, source, tuple(problems))
 
 

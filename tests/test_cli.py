@@ -85,7 +85,7 @@ def test_limits_shows_each_provider_usage_and_backoff(root, capsys, tmp_path):
     assert "Provider: openai\n  Requests/minute: 1000 (effective 900 after 429s)\n  Burst: 200\n  Current usage: 4/900" in out
     assert "Model gpt-4o: 300/minute" in out and "Backoff: gpt-4o for" in out
     assert "Provider: anthropic\n  Requests/minute: 50\n  Burst: 25" in out  # bad entry: default kept
-    assert "crossInstance.providers.anthropic: burst: Input should be greater than 0" in out
+    assert "crossInstance.providers.anthropic.burst: Input should be greater than 0" in out
     assert main(["limits", "--root", str(root), "--config", str(config), "--provider", "openai", "--json"]) == 0
     (row,) = json.loads(capsys.readouterr().out)["providers"]
     assert (row["requestsPerMinute"], row["effectiveRequestsPerMinute"], row["usedLastMinute"]) == (1000, 900, 4)
