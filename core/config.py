@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, NamedTuple
 
 from .models import CoordinatorConfig
 from .store import Store, StoreError
@@ -21,7 +21,18 @@ ENV_VARS = {
     "heartbeat_timeout_ms": "PI_HEARTBEAT_TIMEOUT_MS",
 }
 ENV_WORK_STEALING = "PI_ENABLE_WORK_STEALING"
+CONFIG_FILE = "coordinator.json"
 FILE_KEYS = {"totalMaxLlm": "total_max_llm", "heartbeatIntervalMs": "heartbeat_interval_ms", "heartbeatTimeoutMs": "heartbeat_timeout_ms"}
+
+
+class ConfigProblem(NamedTuple):
+    """A setting ignored: where it came from ("coordinator.json", "environment", ...) and why."""
+
+    where: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.where}: {self.message}"
 
 
 def _positive_int(value: Any) -> int | None:
@@ -34,11 +45,11 @@ def _positive_int(value: Any) -> int | None:
     return None
 
 
-def env_overrides(env: Mapping[str, str] | None = None) -> tuple[dict[str, int], list[str]]:
+def env_overrides(env: Mapping[str, str] | None = None) -> tuple[dict[str, int], list[ConfigProblem]]:
     """Settings from ``PI_TOTAL_MAX_LLM`` and friends, and a note for each value ignored."""
     env = os.environ if env is None else env
     values: dict[str, int] = {}
-    problems: list[str] = []
+    problems: list[ConfigProblem] = []
     for field, var in ENV_VARS.items():
         raw = env.get(var)
         if raw is None or raw == "":
@@ -47,32 +58,35 @@ def env_overrides(env: Mapping[str, str] | None = None) -> tuple[dict[str, int],
         if text.isascii() and text.isdigit() and int(text) > 0:
             values[field] = int(text)
         else:
-            problems.append(f"environment {var}={raw!r}: not a positive integer; ignored")
+            problems.append(ConfigProblem("environment", f"{var}={raw!r}: not a positive integer; ignored"))
     return values, problems
 
 
-def file_settings(store: Store) -> tuple[dict[str, int], list[str]]:
+def file_settings(store: Store) -> tuple[dict[str, int], list[ConfigProblem]]:
     """Settings from ``coordinator.json``, and a note for each key or value ignored."""
-    source = f"{store.describe()}: coordinator.json"
+    where = CONFIG_FILE
     try:
         raw = store.read_config()
     except StoreError as exc:
-        return {}, [f"{source}: {exc}; defaults used"]
+        return {}, [ConfigProblem(where, f"{exc}; defaults used")]
     if raw is None:
         return {}, []
+    if raw.startswith(b"\xef\xbb\xbf"):
+        # pi's JSON.parse refuses a byte order mark and falls back to defaults: so do we.
+        return {}, [ConfigProblem(where, "starts with a byte order mark, which pi cannot parse; defaults used")]
     try:
         document = json.loads(raw)
     except (ValueError, RecursionError) as exc:
-        return {}, [f"{source}: malformed JSON ({exc}); defaults used"]
+        return {}, [ConfigProblem(where, f"malformed JSON ({exc}); defaults used")]
     if not isinstance(document, dict):
-        return {}, [f"{source}: expected a JSON object; defaults used"]
+        return {}, [ConfigProblem(where, "expected a JSON object; defaults used")]
     values: dict[str, int] = {}
-    problems: list[str] = []
+    problems: list[ConfigProblem] = []
     for key, field in FILE_KEYS.items():
         if key in document:
             value = _positive_int(document[key])
             if value is None:
-                problems.append(f"{source}: key {key!r}: {document[key]!r} is not a positive integer; ignored")
+                problems.append(ConfigProblem(where, f"key {key!r}: {document[key]!r} is not a positive integer; ignored"))
             else:
                 values[field] = value
     return values, problems
@@ -82,7 +96,7 @@ def load_config(
     store: Store,
     overrides: Mapping[str, int] | None = None,
     env: Mapping[str, str] | None = None,
-) -> tuple[CoordinatorConfig, list[str]]:
+) -> tuple[CoordinatorConfig, list[ConfigProblem]]:
     """The effective config and every problem met while resolving it."""
     from_file, problems = file_settings(store)
     from_env, env_problems = env_overrides(env)
@@ -97,8 +111,11 @@ def load_config(
     config = CoordinatorConfig(**merged)
     if config.heartbeat_timeout_ms <= config.heartbeat_interval_ms:
         problems.append(
-            f"heartbeat timeout {config.heartbeat_timeout_ms} ms is not longer than the interval "
-            f"{config.heartbeat_interval_ms} ms: live instances will look dead"
+            ConfigProblem(
+                "settings",
+                f"heartbeat timeout {config.heartbeat_timeout_ms} ms is not longer than the interval "
+                f"{config.heartbeat_interval_ms} ms: live instances will look dead",
+            )
         )
     return config, problems + env_problems
 

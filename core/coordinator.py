@@ -326,14 +326,24 @@ class Coordinator:
         self._update(last_heartbeat=utc_from_ms(self.clock.now_ms()))
 
     def enhanced_heartbeat(self) -> None:
-        """Heartbeat, then tidy up after dead instances, stale queues, expired locks and claims."""
+        """Heartbeat, then tidy up after dead instances, stale queues, expired locks and claims.
+
+        Each tidying step stands alone: one that fails (a hostile file, a full
+        disk) is logged and the others still run.
+        """
         self.heartbeat()
-        self.cleanup_dead_instances()
-        self.cleanup_queue_states()
-        self.cleanup_expired_locks()
-        self.cleanup_claims()
-        self.cleanup_orphans()
-        self.store.sweep(TEMP_FILE_MAX_AGE_MS)
+        for step in (
+            self.cleanup_dead_instances,
+            self.cleanup_queue_states,
+            self.cleanup_expired_locks,
+            self.cleanup_claims,
+            self.cleanup_orphans,
+            lambda: self.store.sweep(TEMP_FILE_MAX_AGE_MS),
+        ):
+            try:
+                step()
+            except StoreError as exc:
+                log.warning("cleanup step failed: %s", exc)
 
     def update_workload(self, pending_task_count: int, avg_latency_ms: float | None = None) -> None:
         """Publish this instance's load in its heartbeat file."""
@@ -574,8 +584,11 @@ class Coordinator:
                 dead = file_old and pid_gone
             if dead and self.store.delete_if(INSTANCES, key, entry.raw):
                 removed.append(key)
-                self._remove_queue_state_of(key)
-                self.store.delete(PARALLELISM, key)  # its in-flight slots died with it
+                try:
+                    self._remove_queue_state_of(key)
+                    self.store.delete(PARALLELISM, key)  # its in-flight slots died with it
+                except StoreError as exc:  # e.g. a name too long for another space
+                    log.warning("could not remove all state of %s: %s", key, exc)
         if removed:
             log.info("removed dead instances: %s", ", ".join(removed))
         return removed

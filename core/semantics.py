@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import math
 import re
+from collections import Counter
+from fractions import Fraction
 from collections.abc import Iterable, Sequence
 from functools import lru_cache
 
@@ -50,24 +52,25 @@ def dynamic_parallel_limit(
     ``others_pending`` are the pending counts of the other alive instances;
     with no pending work anywhere the plain limit applies.
     """
-    if my_pending <= 0 and not any(p > 0 for p in others_pending):
-        return plain_limit
-    total_weight = 1 / (my_pending + 1) + sum(1 / (p + 1) for p in others_pending)
-    return _share_limit(total_max_llm, my_pending, total_weight)
+    return fleet_dynamic_limits(total_max_llm, [my_pending, *others_pending], plain_limit)[0]
 
 
 def fleet_dynamic_limits(total_max_llm: int, pendings: Sequence[int], plain_limit: int) -> list[int]:
-    """:func:`dynamic_parallel_limit` of every alive instance at once, in O(n)."""
+    """The dynamic limit of every alive instance at once, in O(distinct pending counts).
+
+    Computed in exact fractions: float sums depend on their order, and at an
+    exact half (``Math.round(4.5)``) that decided between two answers, so the
+    dashboard and the instance could disagree.
+    """
     if not any(p > 0 for p in pendings):
         return [plain_limit] * len(pendings)
-    total_weight = sum(1 / (p + 1) for p in pendings)
-    by_pending = {p: _share_limit(total_max_llm, p, total_weight) for p in set(pendings)}
+    counts = Counter(pendings)
+    total_weight = sum(Fraction(n, p + 1) for p, n in counts.items())
+    by_pending = {}
+    for p in counts:
+        exact = total_max_llm * Fraction(1, p + 1) / total_weight
+        by_pending[p] = min(total_max_llm, max(1, math.floor(exact + Fraction(1, 2))))
     return [by_pending[p] for p in pendings]
-
-
-def _share_limit(total_max_llm: int, pending: int, total_weight: float) -> int:
-    share = (1 / (pending + 1)) / total_weight
-    return min(total_max_llm, max(1, js_round(total_max_llm * share)))
 
 
 def js_round(value: float) -> int:

@@ -17,7 +17,7 @@ from typing import Any, NamedTuple
 
 from . import semantics
 from .clock import SYSTEM_CLOCK, Clock
-from .config import load_config
+from .config import ConfigProblem, load_config
 from .events import EventLog
 from .control import ACK_INTERVALS
 from .models import (
@@ -93,6 +93,7 @@ class InstanceView(NamedTuple):
     stats: StealingStats | None
     problem: str | None
     parallelism: InstanceParallelism | None = None
+    raw: bytes | None = None  # the file as read: actions compare against it before removing anything
 
     @property
     def instance_id(self) -> str:
@@ -223,6 +224,7 @@ class FleetSnapshot:
     backoffs: tuple[BackoffView, ...] = ()
     rate_limits: tuple[RateLimitView, ...] = ()
     events: tuple[FleetEvent, ...] = ()  # the most recent, oldest first
+    event_count: int = 0  # events this builder has read in all: tells a viewer how many are new
     controls: tuple[ControlView, ...] = ()
 
     def instance(self, instance_id: str) -> InstanceView | None:
@@ -380,6 +382,7 @@ class SnapshotBuilder:
         self.check_pids = check_pids
         self._liveness = LivenessCache()
         self._dead_pid_problems: dict[tuple[str, int], Problem] = {}
+        self._strays: list[Problem] = []
         self._last_index: _Index | None = None
         self._alive_memo: tuple[tuple[int, int, int], tuple[int, dict[str, int], tuple[ModelView, ...]]] | None = None
         self._caches: dict[Space, RecordCache[Any]] = {
@@ -397,6 +400,7 @@ class SnapshotBuilder:
         self._event_cursor = 0
         self._recent_events: deque[FleetEvent] = deque(maxlen=EVENTS_KEPT)
         self._unreadable_events = 0
+        self._event_count = 0
 
     def _dead_pid_problem(self, key: str, pid: int) -> Problem:
         # The same words for the same dead instance on every build: made once.
@@ -423,6 +427,12 @@ class SnapshotBuilder:
                 cache.refresh()
             elif space in changed:
                 cache.refresh(changed[space])
+        if changed is None:
+            self._strays = [
+                Problem("stray", f"{space.name}/{name}", "not a file pi or pi-dash writes here; ignored")
+                for space in self._caches
+                for name in self.store.strays(space)
+            ]
         self._tail_events()
         config, config_problems = load_config(self.store, self._config_overrides, self._env)
         return self._compose(self.clock.now_ms(), config, config_problems)
@@ -433,6 +443,7 @@ class SnapshotBuilder:
             while True:
                 events, self._event_cursor, bad = self._events.read(self._event_cursor, EVENTS_KEPT)
                 self._recent_events.extend(events)
+                self._event_count += len(events)
                 self._unreadable_events += bad
                 if len(events) + bad < EVENTS_KEPT:
                     break
@@ -539,10 +550,11 @@ class SnapshotBuilder:
         self._alive_memo = (memo_key, result)
         return result
 
-    def _compose(self, now: int, config: CoordinatorConfig, config_problems: list[str]) -> FleetSnapshot:
+    def _compose(self, now: int, config: CoordinatorConfig, config_problems: list[ConfigProblem]) -> FleetSnapshot:
         index = self._index()
-        problems = [Problem("config", "coordinator.json", p) for p in config_problems]
+        problems = [Problem("config", p.where, p.message) for p in config_problems]
         problems.extend(index.entry_problems)
+        problems.extend(self._strays)
 
         timeout = config.heartbeat_timeout_ms
         stale_after = 2 * config.heartbeat_interval_ms
@@ -630,6 +642,7 @@ class SnapshotBuilder:
                     stats_by_id.get(instance_id),
                     entry.problem if entry is not None else None,
                     parallelism_by_id.get(instance_id),
+                    entry.raw if entry is not None else None,
                 )
             )
             adjuster = parallelism_by_id.get(instance_id) if counted else None
@@ -688,6 +701,7 @@ class SnapshotBuilder:
             backoffs=self._backoff_views(now, alive_records),
             rate_limits=self._rate_limit_views(now),
             events=tuple(self._recent_events),
+            event_count=self._event_count,
             taken_at_ms=now,
             source=self.store.describe(),
             config=config,

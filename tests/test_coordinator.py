@@ -226,7 +226,7 @@ def test_config_file_and_environment_precedence(root):
     assert coordinator.config.total_max_llm == 8
     assert coordinator.config.heartbeat_interval_ms == 15_000
     assert coordinator.config.heartbeat_timeout_ms == 90_000
-    problems = " | ".join(coordinator.config_problems)
+    problems = " | ".join(map(str, coordinator.config_problems))
     assert "heartbeatIntervalMs" in problems and "PI_TOTAL_MAX_LLM" in problems
     explicit = Coordinator(root=root, env={"PI_TOTAL_MAX_LLM": "12"}, config={"total_max_llm": 4})
     assert explicit.config.total_max_llm == 4
@@ -237,4 +237,4 @@ def test_malformed_config_keeps_defaults(root):
     (root / "coordinator.json").write_text("{not json")
     coordinator = Coordinator(root=root)
     assert coordinator.config.total_max_llm == 6
-    assert "malformed JSON" in coordinator.config_problems[0]
+    assert "malformed JSON" in str(coordinator.config_problems[0])

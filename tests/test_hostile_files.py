@@ -821,7 +821,6 @@ def test_symlinked_space_directory_is_read_safely(tmp_path: Path) -> None:
     assert snap.instance(NEIGHBOUR).status is Status.ALIVE
 
 
-@pytest.mark.xfail(strict=True, reason="core differs from pi: Python's json accepts a UTF-8 BOM, JSON.parse does not (pi uses defaults)")
 def test_coordinator_json_with_bom_is_not_used(tmp_path: Path) -> None:
     (tmp_path / CONFIG).write_bytes(b"\xef\xbb\xbf" + pretty({"totalMaxLlm": 8}))
     snap = SnapshotBuilder(DirectoryStore(tmp_path), clock=ManualClock(), env={}).build()
@@ -839,22 +838,18 @@ def _crash_with(tmp_path: Path, rel: bytes) -> None:
     assert len(snap.problems) == 1
 
 
-@pytest.mark.xfail(strict=True, raises=Exception, reason="core bug: a file name over 240 bytes makes build() raise InvalidKey")
 def test_overlong_instance_name_is_reported_not_raised(tmp_path: Path) -> None:
     _crash_with(tmp_path, b"instances/" + b"x" * 245 + b".lock")
 
 
-@pytest.mark.xfail(strict=True, raises=Exception, reason="core bug: a file name over 240 bytes makes build() raise InvalidKey")
 def test_overlong_stats_name_is_reported_not_raised(tmp_path: Path) -> None:
     _crash_with(tmp_path, b"pi-dash/stealing-stats/" + b"x" * 245 + b".json")
 
 
-@pytest.mark.xfail(strict=True, raises=Exception, reason="core bug: a non-UTF-8 file name makes build() raise UnicodeEncodeError")
 def test_non_utf8_instance_name_is_reported_not_raised(tmp_path: Path) -> None:
     _crash_with(tmp_path, b"instances/\xff\xfe.lock")
 
 
-@pytest.mark.xfail(strict=True, raises=Exception, reason="core bug: the same crash stops every cleanup of a registered coordinator")
 def test_overlong_name_does_not_stop_the_heartbeat_cleanup(tmp_path: Path) -> None:
     real_now = time.time_ns() // 1_000_000
     build_fleet(tmp_path, real_now, real_now)
@@ -868,7 +863,6 @@ def test_overlong_name_does_not_stop_the_heartbeat_cleanup(tmp_path: Path) -> No
         coord.unregister()
 
 
-@pytest.mark.xfail(strict=True, reason="core bug: a pi-dash file whose name is not the canonical %-encoding of its key is invisible")
 @pytest.mark.parametrize("name", ["a b.json", "%41.json", "[bold]x.json", "sess-x%2fentry.json"])
 def test_non_canonical_pi_dash_names_are_reported(tmp_path: Path, name: str) -> None:
     real_now = time.time_ns() // 1_000_000
@@ -878,7 +872,6 @@ def test_non_canonical_pi_dash_names_are_reported(tmp_path: Path, name: str) -> 
     assert len(snap.problems) == 1
 
 
-@pytest.mark.xfail(strict=True, raises=Exception, reason="core bug: a dead instance's %-encoded key over 240 chars makes enhanced_heartbeat() raise InvalidKey")
 def test_dead_instance_with_a_long_name_does_not_break_cleanup(tmp_path: Path) -> None:
     real_now = time.time_ns() // 1_000_000
     build_fleet(tmp_path, real_now, real_now)
@@ -916,14 +909,12 @@ def test_garbage_in_the_event_log_is_reported(tmp_path: Path) -> None:
     check_neighbours(snap, 8, active=1)
 
 
-@pytest.mark.xfail(strict=True, raises=Hung, reason="core bug: a FIFO named like an event-log segment blocks build() (open without O_NONBLOCK)")
 def test_fifo_event_segment_does_not_block_the_snapshot(tmp_path: Path) -> None:
     os.mkfifo(_events_dir(tmp_path) / "000001.jsonl")
     with deadline(1):
         snapshot(tmp_path, time.time_ns() // 1_000_000)
 
 
-@pytest.mark.xfail(strict=True, raises=Hung, reason="core bug: a FIFO named like an event-log segment blocks every emit() (and holds the log's guard)")
 def test_fifo_event_segment_does_not_block_emitters(tmp_path: Path) -> None:
     os.mkfifo(_events_dir(tmp_path) / "000001.jsonl")
     coord = Coordinator(DirectoryStore(tmp_path), env={})
@@ -943,7 +934,6 @@ def test_symlinked_event_segment_is_not_followed(tmp_path: Path) -> None:
     assert any(p.kind == "unreadable" for p in snap.problems)
 
 
-@pytest.mark.xfail(strict=True, raises=Hung, reason="core: reading an in-place space waits for its flock; a stopped writer freezes the snapshot")
 def test_a_held_lock_on_in_place_state_does_not_freeze_the_snapshot(tmp_path: Path) -> None:
     import fcntl
 

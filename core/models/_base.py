@@ -10,6 +10,7 @@ so that a read -> write round trip loses nothing.
 from __future__ import annotations
 
 from datetime import datetime, timedelta, timezone
+from decimal import Decimal
 from typing import Annotated, Any, ClassVar, Self
 
 from pydantic import (
@@ -33,8 +34,11 @@ class CorruptRecord(ValueError):
 
 def to_js_iso(moment: datetime) -> str:
     """Format like JavaScript's ``Date.prototype.toISOString`` (UTC, milliseconds, ``Z``)."""
-    moment = moment.astimezone(timezone.utc)
-    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+    m = moment.astimezone(timezone.utc)
+    return (
+        f"{m.year:04d}-{m.month:02d}-{m.day:02d}T{m.hour:02d}:{m.minute:02d}:{m.second:02d}"
+        f".{m.microsecond // 1000:03d}Z"
+    )
 
 
 def from_epoch_ms(epoch_ms: int | float) -> datetime:
@@ -57,9 +61,12 @@ def _assume_utc(moment: datetime) -> datetime:
 
 
 def _js_number(value: int | float) -> int | float:
-    # JavaScript prints 12.0 as 12; so must we, or pi's files change on rewrite.
-    if isinstance(value, float) and value.is_integer() and abs(value) < 2**53:
-        return int(value)
+    """JavaScript prints an integral number below 1e21 without a fraction or an
+    exponent (12.0 as 12, 2**60 as 1152921504606847000), so must we, or pi's
+    files change on rewrite.  Those digits are the shortest round-trip ones,
+    padded with zeros, which is what ``Decimal(repr(value))`` gives."""
+    if isinstance(value, float) and value.is_integer() and abs(value) < 1e21:
+        return int(Decimal(repr(value))) if abs(value) >= 2**53 else int(value)
     return value
 
 
@@ -118,7 +125,8 @@ class Record(BaseModel):
     def from_json(cls, data: bytes | str) -> Self:
         """Parse one record; any failure becomes :class:`CorruptRecord` with a short reason."""
         try:
-            return cls.model_validate_json(data)
+            # By alias only: a file's "pending_task_count" is an unknown key, not pendingTaskCount.
+            return cls.model_validate_json(data, by_alias=True, by_name=False)
         except ValidationError as exc:
             first = exc.errors()[0]
             where = ".".join(str(part) for part in first.get("loc", ()))

@@ -74,7 +74,8 @@ class SharedBackoff(Record):
     provider: str
     model: str
     until: int = 0
-    recent429s: tuple[Backoff429, ...] = ()
+    # to_camel would spell it "recent429S"
+    recent429s: tuple[Backoff429, ...] = Field(default=(), alias="recent429s")
 
     def wait_ms(self, now_ms: int) -> int:
         return max(0, self.until - now_ms)

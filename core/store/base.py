@@ -168,6 +168,10 @@ class Store(ABC):
     def read_config(self) -> bytes | None:
         """The raw fleet config (pi's ``coordinator.json``), or ``None`` when absent."""
 
+    def strays(self, space: Space) -> list[str]:
+        """Things in ``space`` that are no entry of it (to report, never to read). Optional."""
+        return []
+
     def sweep(self, older_than_ms: int) -> int:
         """Remove leftovers of writers that died mid-write; returns how many. Optional."""
         return 0

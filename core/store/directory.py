@@ -61,6 +61,8 @@ CONFIG_FILE = "coordinator.json"
 GUARD_DIR = "pi-dash/guards"
 GUARD_STRIPES = 64
 MAX_BLOB_BYTES = 8 * 1024 * 1024
+MAX_NAME_BYTES = 255  # NAME_MAX on Linux and macOS
+READ_LOCK_TIMEOUT_S = 0.5  # long enough to win against busy writers, short enough not to freeze a reader
 TEMP_SUFFIX = ".tmp"
 _READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 _SAFE_KEY_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_")
@@ -123,15 +125,14 @@ class DirectoryStore(Store):
         return path
 
     def _filename(self, space: Space, key: str) -> str:
+        """The file name of ``key``: any name a listing produced is accepted back."""
         if not key:
             raise InvalidKey("empty key")
-        if space.verbatim:
-            if "/" in key or "\0" in key or key.startswith(".") or len(key.encode()) > 240:
-                raise InvalidKey(f"{key!r} cannot be a file name in {space.name}/")
-            return key + space.suffix
-        name = encode_key(key)
-        if len(name) > 240:
-            raise InvalidKey(f"key of {len(key)} characters is too long for {space.name}/")
+        name = key if space.verbatim else encode_key(key)
+        if space.verbatim and ("/" in key or "\0" in key or key.startswith(".")):
+            raise InvalidKey(f"{key!r} cannot be a file name in {space.name}/")
+        if len(os.fsencode(name + space.suffix)) > MAX_NAME_BYTES:
+            raise InvalidKey(f"key of {len(key)} characters is too long for a file name in {space.name}/")
         return name + space.suffix
 
     def _key_of(self, space: Space, filename: str) -> str | None:
@@ -143,20 +144,55 @@ class DirectoryStore(Store):
         if space.verbatim:
             return stem
         try:
-            return decode_key(stem)
+            key = decode_key(stem)
         except (ValueError, UnicodeDecodeError):
             return None
+        # Only the one canonical spelling names a key: "%41" is not "A".
+        return key if encode_key(key) == stem else None
+
+    def strays(self, space: Space) -> list[str]:
+        """Names in one of pi-dash's folders that look like entries but name no key
+        (``%41.json`` is not ``A``'s file).  Other names (READMEs, backups, temporary
+        files) are ignored, and pi's own folders are not judged at all."""
+        if space.verbatim:
+            return []
+        try:
+            names = os.listdir(self._dir(space))
+        except OSError:
+            return []
+        nested = {s.name.rpartition("/")[2] for s in ALL_SPACES if s.name.startswith(space.name + "/")}
+        return sorted(
+            name
+            for name in names
+            if not name.startswith(".")
+            and name.endswith(space.suffix)
+            and name not in nested
+            and self._key_of(space, name) is None
+        )
 
     def _ensure_dir(self, path: str) -> None:
         if path in self._made_dirs:
             return
         try:
-            os.makedirs(path, mode=0o700, exist_ok=True)
+            _make_private_dirs(path)
         except PermissionError as exc:
             raise StoreError(f"cannot create {path}: permission denied") from exc
         except OSError as exc:
             raise StoreError(f"cannot create {path}: {exc.strerror}") from exc
         self._made_dirs.add(path)
+
+    def locate(self, path: str) -> tuple[Space, str] | None:
+        """The space and key a changed file path belongs to (for file watchers), if any."""
+        try:
+            relative = os.path.relpath(path, self._root)
+        except ValueError:
+            return None
+        folder, _, name = relative.rpartition(os.sep)
+        for space in ALL_SPACES:
+            if space.name == folder:
+                key = self._key_of(space, name)
+                return None if key is None else (space, key)
+        return None
 
     def ensure_layout(self) -> None:
         """Create the root and every space (0700), as a registering instance does."""
@@ -279,7 +315,7 @@ class DirectoryStore(Store):
             if not stat.S_ISREG(st.st_mode):
                 raise EntryUnreadable(key, "not a regular file")
             if shared_lock:
-                fcntl.flock(fd, fcntl.LOCK_SH)  # released by close below
+                _lock_shared(fd, key)  # released by close below
                 st = os.fstat(fd)
                 if st.st_size == 0:
                     return None  # created, never written: as good as absent
@@ -488,8 +524,10 @@ class DirectoryStore(Store):
             segments = self._segments() or [1]
             path = self._segment_path(segments[-1])
             try:
-                fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
+                fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK, 0o600)
                 try:
+                    if not stat.S_ISREG(os.fstat(fd).st_mode):
+                        raise StoreError(f"{path} is not a regular file; event not written")
                     os.write(fd, data + b"\n")
                     size = os.fstat(fd).st_size
                 finally:
@@ -535,6 +573,38 @@ class DirectoryStore(Store):
         return removed
 
 
+def _make_private_dirs(path: str) -> None:
+    """Like ``os.makedirs(path, 0o700)``, but every directory it creates is 0700, not only the last."""
+    missing = []
+    while path and not os.path.isdir(path):
+        missing.append(path)
+        parent = os.path.dirname(path)
+        if parent == path:
+            break
+        path = parent
+    for directory in reversed(missing):
+        try:
+            os.mkdir(directory, 0o700)
+        except FileExistsError:
+            pass
+
+
+def _lock_shared(fd: int, key: str) -> None:
+    """A shared lock for reading, waiting at most ``READ_LOCK_TIMEOUT_S``: a writer
+    stopped mid-update must not freeze the reader (the dashboard)."""
+    deadline = time.monotonic() + READ_LOCK_TIMEOUT_S
+    pause = 0.0001
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            return
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                raise EntryUnreadable(key, "locked by a writer that does not finish") from None
+            time.sleep(pause)
+            pause = min(pause * 2, 0.005)
+
+
 def _create_empty(path: str) -> None:
     try:
         os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600))
@@ -545,11 +615,17 @@ def _create_empty(path: str) -> None:
 def _read_lines(path: str, offset: int, limit: int) -> tuple[list[bytes], int]:
     """Whole lines from ``offset`` (a line still being appended is left for next time)."""
     try:
-        with open(path, "rb") as handle:
-            handle.seek(offset)
-            data = handle.read(EVENTS_MAX_BYTES * 2)
+        fd = os.open(path, _READ_FLAGS)
+    except OSError:
+        return [], offset  # gone, a symlink, unreadable: nothing to follow
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return [], offset
+        data = os.pread(fd, EVENTS_MAX_BYTES * 2, offset)
     except OSError:
         return [], offset
+    finally:
+        os.close(fd)
     end = data.rfind(b"\n")
     if end < 0 or limit <= 0:
         return [], offset

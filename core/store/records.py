@@ -15,7 +15,7 @@ from collections.abc import Iterable
 from typing import Generic, NamedTuple, TypeVar
 
 from ..models import FORMAT_VERSION, CorruptRecord, Record
-from .base import Blob, EntryUnreadable, Space, Store, Version
+from .base import Blob, EntryUnreadable, Space, Store, StoreError, Version
 
 R = TypeVar("R", bound=Record)
 
@@ -151,6 +151,9 @@ class RecordCache(Generic[R]):
             except EntryUnreadable as exc:
                 token = version if version is not None else ("unreadable", exc.reason)
                 return Loaded(key, None, None, token, 0, exc.reason, last_good)
+            except StoreError as exc:  # a name no key can stand for, and the like
+                token = version if version is not None else ("unreadable", str(exc))
+                return Loaded(key, None, None, token, 0, str(exc), last_good)
             if blob is None:
                 return None
             try:
