@@ -6,7 +6,10 @@ import argparse
 import json
 import shutil
 import sys
+import tempfile
 from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 from core.limits_view import provider_limits
 from core.provider_config import config_path, load_settings
@@ -16,13 +19,19 @@ from core.store import DirectoryStore, StoreError, default_root
 from . import __version__
 from .status_report import render, render_limits
 
+if TYPE_CHECKING:
+    from textual.pilot import Pilot
+
+    from .demo import DemoFleet
+
 EXIT_UNAVAILABLE = 2
 
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="pi-dash",
-        description="Live monitor and coordination engine for fleets of pi coding-agent instances.",
+        description="Live monitor and coordination engine for fleets of pi coding-agent instances. "
+        "Without a command: the live dashboard.",
     )
     parser.add_argument("--version", action="version", version=f"pi-dash {__version__}")
     root_help = "coordination directory (default: $PI_RUNTIME_DIR, else ~/.pi/runtime)"
@@ -31,6 +40,13 @@ def _parser() -> argparse.ArgumentParser:
     status = commands.add_parser("status", help="print the fleet's state once (a table, or JSON)")
     status.add_argument("--root", metavar="DIR", help=root_help, default=argparse.SUPPRESS)
     status.add_argument("--json", action="store_true", help="machine-readable output")
+    demo = commands.add_parser("demo", help="start the built-in demo fleet (real processes) and watch it")
+    demo.add_argument("--workers", type=int, default=6, metavar="N", help="worker processes (default 6)")
+    shot = commands.add_parser("snapshot", help="render one frame of the dashboard to an SVG file, no terminal needed")
+    shot.add_argument("--root", metavar="DIR", help=root_help, default=argparse.SUPPRESS)
+    shot.add_argument("-o", "--output", metavar="FILE.svg", required=True)
+    shot.add_argument("--width", type=int, default=160)
+    shot.add_argument("--height", type=int, default=48)
     limits = commands.add_parser("limits", help="each provider's rate limit, usage and 429 backoff")
     limits.add_argument("--root", metavar="DIR", help=root_help, default=argparse.SUPPRESS)
     limits.add_argument("--provider", metavar="P", help="only this provider")
@@ -75,9 +91,67 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
+class _DemoLauncher:
+    """Starts the demo fleet on request (key D, or ``pi-dash demo``) and cleans up after it."""
+
+    def __init__(self, workers: int = 6) -> None:
+        self.workers = workers
+        self.fleet: DemoFleet | None = None
+        self.directory: tempfile.TemporaryDirectory[str] | None = None
+
+    def __call__(self) -> DirectoryStore:
+        from .demo import DemoFleet
+
+        self.stop()
+        self.directory = tempfile.TemporaryDirectory(prefix="pi-dash-demo-")
+        root = Path(self.directory.name) / "runtime"
+        self.fleet = DemoFleet(root, workers=self.workers)
+        self.fleet.start()
+        return DirectoryStore(root)
+
+    def stop(self) -> None:
+        if self.fleet is not None:
+            self.fleet.stop()
+            self.fleet = None
+        if self.directory is not None:
+            self.directory.cleanup()
+            self.directory = None
+
+
+def cmd_dashboard(args: argparse.Namespace, demo_now: bool = False) -> int:
+    from .app import PiDashApp
+
+    launcher = _DemoLauncher(getattr(args, "workers", 6))
+    try:
+        store = launcher() if demo_now else DirectoryStore(default_root(args.root))
+        PiDashApp(store, start_demo=launcher).run()
+    finally:
+        launcher.stop()
+    return 0
+
+
+def cmd_snapshot(args: argparse.Namespace) -> int:
+    from .app import PiDashApp
+
+    app = PiDashApp(DirectoryStore(default_root(args.root)), live=False)
+    output = Path(args.output)
+
+    async def capture(pilot: Pilot[None]) -> None:
+        await pilot.pause()
+        app.save_screenshot(filename=output.name, path=str(output.parent.resolve()))
+        app.exit()
+
+    app.run(headless=True, size=(args.width, args.height), auto_pilot=capture)
+    print(f"wrote {output}")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "limits":
         return cmd_limits(args)
-    # Until the live dashboard lands, the bare command prints the status.
-    return cmd_status(args)
+    if args.command == "status":
+        return cmd_status(args)
+    if args.command == "snapshot":
+        return cmd_snapshot(args)
+    return cmd_dashboard(args, demo_now=args.command == "demo")

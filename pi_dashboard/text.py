@@ -30,6 +30,14 @@ def clip(text: str, width: int) -> str:
     return text if len(text) <= width else text[: max(0, width - 1)] + "…"
 
 
+def clip_middle(text: str, width: int) -> str:
+    """At most ``width`` characters, cut in the middle: ids differ at both ends."""
+    if len(text) <= width or width < 5:
+        return clip(text, width)
+    head = (width - 1) // 2
+    return text[:head] + "…" + text[len(text) - (width - 1 - head) :]
+
+
 def clip_left(text: str, width: int) -> str:
     """At most ``width`` characters, keeping the end (the informative part of a path)."""
     if width <= 0:

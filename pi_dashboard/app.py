@@ -1,0 +1,379 @@
+"""The live dashboard: one FleetSnapshot at a time, rendered into small panes.
+
+Data flows one way: the :class:`~pi_dashboard.source.FleetSource` thread builds
+snapshots, the app hands each to every pane's ``show``; actions go back only
+through :class:`core.control.FleetControl`.
+"""
+
+from __future__ import annotations
+
+import getpass
+import socket
+from collections.abc import Callable, Iterable
+
+from rich.text import Text
+from textual import on
+from textual.app import App, ComposeResult
+from textual.binding import Binding
+from textual.command import DiscoveryHit, Hit, Hits, Provider
+from textual.containers import Container
+from textual.message import Message
+from textual.reactive import reactive
+from textual.widgets import Footer, Input, Static
+
+from core.clock import SYSTEM_CLOCK, Clock
+from core.control import FleetControl
+from core.snapshot import FleetSnapshot, InstanceView, Status
+from core.store import Store
+
+from .screens.confirm import ConfirmScreen
+from .screens.details import DetailsScreen
+from .screens.help import HelpScreen
+from .source import FleetSource, SourceState
+from .text import printable
+from .theme_files import load_themes
+from .widgets.backoff_table import BackoffTable
+from .widgets.event_log import EventLogView
+from .widgets.fleet_header import FleetHeader
+from .widgets.instances_table import InstancesTable
+from .widgets.locks_table import LocksTable
+from .widgets.parallelism_table import ParallelismTable
+from .widgets.problems_panel import ProblemsPanel
+from .widgets.queue_chart import QueueChart
+from .widgets.steal_stats import StealStats
+
+# (id, title) of the panes below the instances, in the order keys 1..7 pick them.
+SECONDARY_PANES = (
+    ("parallelism", "Parallelism"),
+    ("backoff", "429 backoff"),
+    ("queues", "Queues"),
+    ("stealing", "Stealing"),
+    ("locks", "Locks"),
+    ("events", "Events"),
+    ("problems", "Problems"),
+)
+COMPACT_WIDTH = 120
+COMPACT_HEIGHT = 34
+DEFAULT_THEME = "pi-dark"
+
+
+class SnapshotReady(Message):
+    """The source has a new state to take (posted from its thread)."""
+
+
+class DashCommands(Provider):
+    """The dashboard's actions in the command palette."""
+
+    def _commands(self) -> Iterable[tuple[str, Callable[[], object], str]]:
+        app = self.app
+        assert isinstance(app, PiDashApp)
+        yield "Drain the selected instance", app.action_drain, "finish its work, then go offline"
+        yield "Remove the selected dead instance's files", app.action_remove, "dead or corrupt instances only"
+        yield "Release the selected lock", app.action_release_lock, "in the locks pane"
+        yield "Pause or resume updates", app.action_toggle_pause, "freeze the screen"
+        yield "Cycle the instances' sort order", app.action_cycle_sort, "id, status, pending, age, cwd"
+        yield "Next theme", app.action_next_theme, "dark, light, high contrast, yours"
+        yield "Filter instances", app.action_filter, "by id, cwd, model or status"
+        yield "Show instance details", app.action_details, "everything about the selected instance"
+        for number, (pane, title) in enumerate(SECONDARY_PANES, start=1):
+            yield f"Show pane: {title}", (lambda n=number: app.action_show_pane(n)), f"key {number}"
+
+    async def discover(self) -> Hits:
+        for name, action, help_text in self._commands():
+            yield DiscoveryHit(name, action, help=help_text)
+
+    async def search(self, query: str) -> Hits:
+        matcher = self.matcher(query)
+        for name, action, help_text in self._commands():
+            score = matcher.match(name)
+            if score > 0:
+                yield Hit(score, matcher.highlight(name), action, help=help_text)
+
+
+class PiDashApp(App[None]):
+    CSS_PATH = "pi_dash.tcss"
+    TITLE = "pi-dash"
+    COMMANDS = App.COMMANDS | {DashCommands}
+    BINDINGS = [
+        Binding("q", "quit", "Quit"),
+        Binding("question_mark", "help", "Help"),
+        Binding("enter", "details", "Details", show=False),
+        Binding("d", "drain", "Drain"),
+        Binding("r", "release_lock", "Release lock"),
+        Binding("x", "remove", "Remove dead", show=False),
+        Binding("p", "toggle_pause", "Pause"),
+        Binding("s", "cycle_sort", "Sort"),
+        Binding("slash", "filter", "Filter"),
+        Binding("t", "next_theme", "Theme"),
+        Binding("D", "start_demo", "Demo", show=False),
+        Binding("escape", "clear_filter", show=False),
+        *[Binding(str(n), f"show_pane({n})", show=False) for n in range(1, len(SECONDARY_PANES) + 1)],
+    ]
+
+    paused: reactive[bool] = reactive(False)
+
+    def __init__(
+        self,
+        store: Store,
+        *,
+        clock: Clock = SYSTEM_CLOCK,
+        live: bool = True,
+        check_pids: bool = True,
+        start_demo: Callable[[], Store] | None = None,
+        theme_dirs: list | None = None,
+    ) -> None:
+        super().__init__()
+        self.clock = clock
+        self.live = live
+        self.check_pids = check_pids
+        self._start_demo = start_demo
+        self._theme_dirs = theme_dirs
+        self._connect(store)
+        self.snapshot: FleetSnapshot | None = None
+        self.state: SourceState | None = None
+        self._held: SourceState | None = None
+        self.shown_pane = 1
+        self.theme_names: list[str] = []
+
+    def _connect(self, store: Store) -> None:
+        self.store = store
+        self.source = FleetSource(store, self._announce, clock=self.clock, check_pids=self.check_pids)
+        actor = f"pi-dash:{getpass.getuser()}@{socket.gethostname()}"
+        self.control = FleetControl(store, actor, self.clock)
+
+    # --------------------------------------------------------------- layout
+    def compose(self) -> ComposeResult:
+        yield FleetHeader(id="header")
+        yield Static(id="empty")
+        with Container(id="panes"):
+            # Grid order (wide terminals): instances | queues / parallelism | backoff | stealing
+            # / events | locks | problems.
+            yield InstancesTable(id="instances", classes="pane")
+            yield QueueChart(id="queues", classes="pane secondary")
+            yield ParallelismTable(id="parallelism", classes="pane secondary")
+            yield BackoffTable(id="backoff", classes="pane secondary")
+            yield StealStats(id="stealing", classes="pane secondary")
+            yield EventLogView(id="events", classes="pane secondary")
+            yield LocksTable(id="locks", classes="pane secondary")
+            yield ProblemsPanel(id="problems", classes="pane secondary")
+        yield Input(placeholder="filter instances (escape clears)", id="filter")
+        yield Footer()
+
+    def on_mount(self) -> None:
+        themes, problems = load_themes(self._theme_dirs)
+        for theme in themes:
+            self.register_theme(theme)
+        self.theme_names = [t.name for t in themes]
+        if DEFAULT_THEME in self.theme_names:
+            self.theme = DEFAULT_THEME
+        self.query_one("#instances").border_title = "Instances"
+        for pane, title in SECONDARY_PANES:
+            self.query_one(f"#{pane}").border_title = f"{title} ({SECONDARY_PANES.index((pane, title)) + 1})"
+        self._layout_for(self.size.width, self.size.height)
+        self._render_state(self.source.build_now())
+        for problem in problems:
+            self.query_one(EventLogView).note("theme", problem, self.clock.now_ms())
+        if self.live:
+            self.source.start()
+        self.query_one(InstancesTable).focus()
+
+    def on_unmount(self) -> None:
+        self.source.stop()
+
+    def on_resize(self, event: object) -> None:
+        self._layout_for(self.size.width, self.size.height)
+
+    def _layout_for(self, width: int, height: int) -> None:
+        """Small terminals show the instances and one other pane (keys 1..7 pick which)."""
+        compact = width < COMPACT_WIDTH or height < COMPACT_HEIGHT
+        self.set_class(compact, "-compact")
+        for number, (pane, _) in enumerate(SECONDARY_PANES, start=1):
+            self.query_one(f"#{pane}").set_class(number == self.shown_pane, "-shown")
+
+    # ------------------------------------------------------------- updates
+    def _announce(self) -> None:
+        self.post_message(SnapshotReady())
+
+    def on_snapshot_ready(self, message: SnapshotReady) -> None:
+        state = self.source.take()
+        if state is None:
+            return
+        if self.paused:
+            self._held = state
+        else:
+            self._render_state(state)
+
+    def _render_state(self, state: SourceState) -> None:
+        self.state = state
+        if state.snapshot is not None:
+            self.snapshot = state.snapshot
+        snapshot = self.snapshot
+        self.query_one(FleetHeader).show(snapshot, paused=self.paused, watching=state.watching, error=state.error)
+        self._show_empty(state, snapshot)
+        if snapshot is None:
+            return
+        for pane in (InstancesTable, ParallelismTable, BackoffTable, QueueChart, StealStats, LocksTable, EventLogView, ProblemsPanel):
+            self.query_one(pane).show(snapshot)
+
+    def _show_empty(self, state: SourceState, snapshot: FleetSnapshot | None) -> None:
+        empty = self.query_one("#empty", Static)
+        nobody = snapshot is None or not snapshot.instances
+        empty.display = nobody
+        if nobody:
+            where = printable(self.store.describe())
+            text = Text(f"No pi fleet in {where}. ", style="bold")
+            text.append("Start pi here, point --root / PI_RUNTIME_DIR elsewhere")
+            if self._start_demo is not None:
+                text.append(", or press ")
+                text.append("D", style="bold reverse")
+                text.append(" to start the built-in demo fleet")
+            text.append(".")
+            empty.update(text)
+
+    def watch_paused(self, paused: bool) -> None:
+        if not paused and self._held is not None:
+            held, self._held = self._held, None
+            self._render_state(held)
+        elif self.state is not None:
+            self.query_one(FleetHeader).show(self.snapshot, paused=paused, watching=self.state.watching, error=self.state.error)
+
+    # ------------------------------------------------------------- helpers
+    def _selected_instance(self) -> InstanceView | None:
+        key = self.query_one(InstancesTable).selected_key
+        if key is None or self.snapshot is None:
+            return None
+        return next((v for v in self.snapshot.instances if v.key == key), None)
+
+    def _note(self, kind: str, message: str) -> None:
+        self.query_one(EventLogView).note(kind, message, self.clock.now_ms())
+
+    def _after_action(self, ok: bool, message: str) -> None:
+        self.notify(printable(message), severity="information" if ok else "warning")
+        self.source.refresh()
+        if not self.live:
+            self._render_state(self.source.build_now())
+
+    # ------------------------------------------------------------- actions
+    def action_help(self) -> None:
+        self.push_screen(HelpScreen())
+
+    def action_details(self) -> None:
+        view = self._selected_instance()
+        if view is not None and self.snapshot is not None:
+            self.push_screen(DetailsScreen(view, self.snapshot))
+
+    def action_drain(self) -> None:
+        view = self._selected_instance()
+        if view is None or view.info is None or view.status in (Status.DEAD, Status.OFFLINE, Status.DRAINING):
+            self.notify("Select a live instance to drain.", severity="warning")
+            return
+        question = Text("Drain ")
+        question.append(printable(view.instance_id), style="bold")
+        question.append("?\nIt finishes its current work, takes and steals nothing new, then goes offline.")
+
+        def answered(yes: bool | None) -> None:
+            if yes:
+                result = self.control.request_drain(view.instance_id)
+                self._after_action(result.done, result.message)
+
+        self.push_screen(ConfirmScreen(question), answered)
+
+    def action_remove(self) -> None:
+        view = self._selected_instance()
+        if view is None or view.status not in (Status.DEAD, Status.CORRUPT) or view.raw is None:
+            self.notify("Only a dead or corrupt instance's files can be removed.", severity="warning")
+            return
+        question = Text("Remove the files of ")
+        question.append(printable(view.instance_id), style="bold")
+        question.append(f" ({view.status.value})?\nNothing is removed if its file changed since it was seen.")
+        seen = view.raw
+
+        def answered(yes: bool | None) -> None:
+            if yes:
+                result = self.control.remove_instance_files(view.key, seen)
+                self._after_action(result.done, result.message)
+
+        self.push_screen(ConfirmScreen(question), answered)
+
+    def action_release_lock(self) -> None:
+        table = self.query_one(LocksTable)
+        view = table.selected_lock
+        if view is None or view.lock is None:
+            self.notify("Select a lock in the locks pane first (key 5 on small terminals).", severity="warning")
+            return
+        lock = view.lock
+        question = Text("Release lock ")
+        question.append(printable(lock.resource), style="bold")
+        question.append(" held by ")
+        question.append(printable(lock.holder), style="bold")
+        question.append("?\nOnly this very lock is removed: if it changed hands meanwhile, nothing is.")
+
+        def answered(yes: bool | None) -> None:
+            if yes:
+                result = self.control.release_lock(lock)
+                self._after_action(result.done, result.message)
+
+        self.push_screen(ConfirmScreen(question), answered)
+
+    def action_toggle_pause(self) -> None:
+        self.paused = not self.paused
+        self._note("pause", "updates paused" if self.paused else "updates resumed")
+
+    def action_cycle_sort(self) -> None:
+        label = self.query_one(InstancesTable).next_sort()
+        self._note("sort", f"instances sorted by {label}")
+
+    def action_filter(self) -> None:
+        box = self.query_one("#filter", Input)
+        box.display = True
+        box.focus()
+
+    def action_clear_filter(self) -> None:
+        box = self.query_one("#filter", Input)
+        if box.display:
+            box.value = ""
+            box.display = False
+            self.query_one(InstancesTable).focus()
+
+    @on(Input.Changed, "#filter")
+    def _filter_changed(self, event: Input.Changed) -> None:
+        table = self.query_one(InstancesTable)
+        table.filter_text = event.value
+        if self.snapshot is not None:
+            table.show(self.snapshot)
+
+    @on(Input.Submitted, "#filter")
+    def _filter_done(self, event: Input.Submitted) -> None:
+        self.query_one(InstancesTable).focus()
+        if event.value:
+            self._note("filter", f"instances filtered by {event.value!r}")
+
+    def action_next_theme(self) -> None:
+        names = self.theme_names or list(self.available_themes)
+        following = names[(names.index(self.theme) + 1) % len(names)] if self.theme in names else names[0]
+        self.theme = following
+        self._note("theme", f"theme {following}")
+
+    def watch_theme(self, theme: str) -> None:
+        for table in self.query(".pane").results():
+            if hasattr(table, "restyle"):
+                table.restyle()
+        if self.state is not None:
+            self._render_state(self.state)
+
+    def action_show_pane(self, number: int) -> None:
+        self.shown_pane = number
+        self._layout_for(self.size.width, self.size.height)
+        pane = self.query_one(f"#{SECONDARY_PANES[number - 1][0]}")
+        if pane.can_focus:
+            pane.focus()
+
+    def action_start_demo(self) -> None:
+        if self._start_demo is None:
+            return
+        self.source.stop()
+        self._connect(self._start_demo())
+        self._note("demo", f"demo fleet started in {self.store.describe()}")
+        self._render_state(self.source.build_now())
+        if self.live:
+            self.source.start()

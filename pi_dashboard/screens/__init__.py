@@ -1,0 +1,1 @@
+"""Screens layered over the dashboard: details of one instance, help, confirmations."""

@@ -1,0 +1,49 @@
+"""The fleet's event log: 429s, parallelism changes, steals, drains, lock releases."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from rich.text import Text
+from textual.widgets import RichLog
+
+from core.models import FleetEvent
+from core.snapshot import FleetSnapshot
+
+from ..text import printable
+from .palette import role_style
+
+KIND_ROLE = {
+    "429": "error",
+    "rate-limit": "warning",
+    "parallelism": "warning",
+    "steal": "success",
+    "drain": "accent",
+    "lock-release": "accent",
+    "cleanup": "secondary",
+}
+
+
+class EventLogView(RichLog):
+    def __init__(self, **kwargs: object) -> None:
+        super().__init__(max_lines=1000, markup=False, highlight=False, wrap=False, **kwargs)
+        self._shown = 0
+
+    def show(self, snapshot: FleetSnapshot) -> None:
+        new = snapshot.event_count - self._shown
+        if new <= 0:
+            return
+        for event in snapshot.events[-min(new, len(snapshot.events)) :]:
+            self.write(self._line(event))
+        self._shown = snapshot.event_count
+
+    def note(self, kind: str, message: str, at_ms: int) -> None:
+        """A line of the dashboard's own (what a key press did, right away)."""
+        self.write(self._line(FleetEvent(at=at_ms, kind=kind, message=message, instance_id="pi-dash")))
+
+    def _line(self, event: FleetEvent) -> Text:
+        stamp = datetime.fromtimestamp(event.at / 1000).strftime("%H:%M:%S")
+        line = Text(f"{stamp} ", style="dim")
+        line.append(f"{event.kind:<12}", style=role_style(self.app, KIND_ROLE.get(event.kind, "primary")))
+        line.append(printable(event.message))
+        return line

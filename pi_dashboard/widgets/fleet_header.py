@@ -1,0 +1,47 @@
+"""The fleet at a glance: where, how many instances in which state, limits and provider usage."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from rich.text import Text
+from textual.widgets import Static
+
+from core.snapshot import FleetSnapshot, Status
+
+from ..text import printable
+from .palette import role_style, status_style
+
+
+class FleetHeader(Static):
+    def show(self, snapshot: FleetSnapshot | None, *, paused: bool, watching: str, error: str | None) -> None:
+        text = Text()
+        if snapshot is None:
+            text.append("pi-dash  ", style="bold")
+            text.append(printable(error or "starting..."), style=role_style(self.app, "error"))
+            self.update(text)
+            return
+        stamp = datetime.fromtimestamp(snapshot.taken_at_ms / 1000).strftime("%H:%M:%S")
+        text.append("pi-dash ", style="bold")
+        text.append(printable(snapshot.source))
+        text.append(f"  {stamp}  [{watching}]", style="dim")
+        if paused:
+            text.append("  PAUSED", style=role_style(self.app, "warning", bold=True))
+        if error:
+            text.append(f"  {printable(error)}", style=role_style(self.app, "error"))
+        text.append("\n")
+        counts = snapshot.figures.status_counts
+        text.append(f"{len(snapshot.instances)} instances ")
+        for status in Status:
+            if counts.get(status):
+                text.append(f"{counts[status]} {status.value} ", style=status_style(self.app, status))
+        figures = snapshot.figures
+        text.append(f"│ limit {figures.parallel_limit}/instance of {snapshot.config.total_max_llm} ")
+        text.append(f"│ pending {figures.total_pending} ")
+        for rate in sorted(snapshot.rate_limits, key=lambda r: r.provider):
+            backing_off = any(b.active for b in snapshot.backoffs if b.provider == rate.provider)
+            style = role_style(self.app, "error") if backing_off else ""
+            text.append(f"│ {printable(rate.provider)} {rate.used_last_minute}/{rate.effective_requests_per_minute:.0f} ", style=style)
+        if snapshot.problems:
+            text.append(f"│ {len(snapshot.problems)} problems", style=role_style(self.app, "warning"))
+        self.update(text)

@@ -1,0 +1,79 @@
+"""Instances: id, pid, cwd, heartbeat age, status, models, pending, limit, latency."""
+
+from __future__ import annotations
+
+from core.snapshot import FleetSnapshot, InstanceView, Status
+
+from ..text import duration, printable
+from .keyed_table import Cell, KeyedTable, Row, by_value
+from .palette import status_style
+
+STATUS_ORDER = {s: n for n, s in enumerate([Status.CORRUPT, Status.DEAD, Status.STALE, Status.DRAINING, Status.ALIVE, Status.OFFLINE])}
+
+
+class InstancesTable(KeyedTable):
+    COLUMNS = (
+        ("id", "Instance"),
+        ("pid", "PID"),
+        ("status", "Status"),
+        ("beat", "Beat"),
+        ("pending", "Pend"),
+        ("limit", "Lim"),
+        ("latency", "Lat"),
+        ("models", "Models"),
+        ("cwd", "Cwd"),
+    )
+    SORTS = (
+        ("id", "instance id", False),
+        ("status", "status (worst first)", False),
+        ("pending", "pending (most first)", True),
+        ("beat", "heartbeat age (oldest first)", True),
+        ("cwd", "cwd", False),
+    )
+
+    def __init__(self, **kwargs: object) -> None:
+        super().__init__(**kwargs)
+        self.filter_text = ""
+        self.sort_index = 0
+
+    def on_mount(self) -> None:
+        self.apply_sort()
+
+    def apply_sort(self) -> str:
+        column, label, reverse = self.SORTS[self.sort_index]
+        self.sort_by(column, key=by_value, reverse=reverse)
+        return label
+
+    def next_sort(self) -> str:
+        self.sort_index = (self.sort_index + 1) % len(self.SORTS)
+        return self.apply_sort()
+
+    def _row(self, view: InstanceView, unanswered: set[str]) -> Row:
+        info = view.info
+        status = view.status.value + (" (no ack)" if view.instance_id in unanswered else "")
+        models = ", ".join(f"{m.provider}/{m.model}" for m in info.active_models) if info else ""
+        latency = f"{info.avg_latency_ms:.0f}ms" if info and info.avg_latency_ms is not None else ""
+        age = view.heartbeat_age_ms
+        return (
+            Cell(printable(view.instance_id)),
+            Cell(str(info.pid) if info else "", info.pid if info else 0),
+            Cell(status, STATUS_ORDER[view.status], style=status_style(self.app, view.status)),
+            Cell(duration(age), age if age is not None else -1, justify="right"),
+            Cell(str(view.pending) if info else "", view.pending, justify="right"),
+            Cell(str(view.parallel_limit) if view.parallel_limit is not None else "", justify="right"),
+            Cell(latency, justify="right"),
+            Cell(printable(models)),
+            Cell(printable(info.cwd) if info else printable(view.problem or "")),
+        )
+
+    def show(self, snapshot: FleetSnapshot) -> None:
+        unanswered = {c.instance_id for c in snapshot.controls if c.state == "not-acknowledged"}
+        needle = self.filter_text.lower()
+        rows = {}
+        for view in snapshot.instances:
+            row = self._row(view, unanswered)
+            if needle and not any(needle in cell.plain.lower() for cell in row):
+                continue
+            rows[view.key] = row
+        self.sync(rows)
+

@@ -1,0 +1,47 @@
+"""Locks: resource, holder, age, time to live; the selected one can be released."""
+
+from __future__ import annotations
+
+from core.snapshot import FleetSnapshot, LockView
+
+from ..text import clip_middle, duration, printable
+from .keyed_table import SHORT_ID, Cell, KeyedTable, by_value
+from .palette import role_style
+
+
+class LocksTable(KeyedTable):
+    COLUMNS = (("resource", "Resource"), ("holder", "Holder"), ("age", "Age"), ("ttl", "TTL left"))
+
+    def __init__(self, **kwargs: object) -> None:
+        super().__init__(**kwargs)
+        self.views: dict[str, LockView] = {}
+
+    def on_mount(self) -> None:
+        self.sort_by("resource", key=by_value)
+
+    @property
+    def selected_lock(self) -> LockView | None:
+        key = self.selected_key
+        return None if key is None else self.views.get(key)
+
+    def show(self, snapshot: FleetSnapshot) -> None:
+        self.views = {view.key: view for view in snapshot.locks}
+        rows = {}
+        for view in snapshot.locks:
+            lock = view.lock
+            if lock is None:
+                rows[view.key] = (
+                    Cell(printable(view.key)),
+                    Cell("?", style=role_style(self.app, "error")),
+                    Cell(""),
+                    Cell(printable(view.problem or "unreadable"), style=role_style(self.app, "error")),
+                )
+                continue
+            ttl = "expired" if view.expired else duration(view.ttl_left_ms)
+            rows[view.key] = (
+                Cell(printable(lock.resource)),
+                Cell(clip_middle(printable(lock.holder), SHORT_ID)),
+                Cell(duration(view.age_ms), view.age_ms, justify="right"),
+                Cell(ttl, view.ttl_left_ms, style=role_style(self.app, "warning") if view.expired else "", justify="right"),
+            )
+        self.sync(rows)
