@@ -188,7 +188,9 @@ class PiDashApp(App[None]):
         compact = width < COMPACT_WIDTH or height < COMPACT_HEIGHT
         self.set_class(compact, "-compact")
         for number, (pane, _) in enumerate(SECONDARY_PANES, start=1):
-            self.query_one(f"#{pane}").set_class(number == self.shown_pane, "-shown")
+            widget = self.query_one(f"#{pane}")
+            widget.set_class(number == self.shown_pane, "-shown")
+            widget.border_subtitle = "keys 1-7: other panes" if compact else ""
 
     # ------------------------------------------------------------- updates
     def _announce(self) -> None:

@@ -22,7 +22,10 @@ class StealStats(Static):
         text.append(f"stealable now {snapshot.figures.stealable_tasks}  busy {snapshot.figures.busy_instances}")
         text.append(f"  idle {snapshot.figures.idle_instances}\n")
         steals = [e for e in snapshot.events if e.kind == "steal"][-RECENT:]
+        if steals:
+            text.append("latest steals:\n", style="bold")
         for event in reversed(steals):
-            text.append("• ", style="dim")
             text.append(printable(event.message) + "\n", style="dim")
+        text.no_wrap = True
+        text.overflow = "ellipsis"
         self.update(text)
