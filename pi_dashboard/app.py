@@ -29,7 +29,7 @@ from core.store import Store
 from .screens.confirm import ConfirmScreen
 from .screens.details import DetailsScreen
 from .screens.help import HelpScreen
-from .source import FleetSource, SourceState
+from .source import DEBOUNCE_MS, FleetSource, SourceState
 from .text import printable
 from .theme_files import load_themes
 from .widgets.backoff_table import BackoffTable
@@ -121,11 +121,13 @@ class PiDashApp(App[None]):
         check_pids: bool = True,
         start_demo: Callable[[], Store] | None = None,
         theme_dirs: list | None = None,
+        debounce_ms: int = DEBOUNCE_MS,
     ) -> None:
         super().__init__()
         self.clock = clock
         self.live = live
         self.check_pids = check_pids
+        self.debounce_ms = debounce_ms
         self._start_demo = start_demo
         self._theme_dirs = theme_dirs
         self._connect(store)
@@ -137,7 +139,9 @@ class PiDashApp(App[None]):
 
     def _connect(self, store: Store) -> None:
         self.store = store
-        self.source = FleetSource(store, self._announce, clock=self.clock, check_pids=self.check_pids)
+        self.source = FleetSource(
+            store, self._announce, clock=self.clock, check_pids=self.check_pids, debounce_ms=self.debounce_ms
+        )
         actor = f"pi-dash:{getpass.getuser()}@{socket.gethostname()}"
         self.control = FleetControl(store, actor, self.clock)
 
