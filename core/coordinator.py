@@ -507,6 +507,12 @@ class Coordinator:
             return None
         return self._stealer().safe_steal(self.remote_queue_states())
 
+    def claimed_entries(self) -> set[str]:
+        """Ids of this instance's entries that are claimed (stolen, or being run by us):
+        drop them from the queue you broadcast."""
+        me = self.info.instance_id
+        return {entry_id for owner, entry_id in self._stealer().claimed_pairs([me])}
+
     def claim_own(self, entry: StealableQueueEntry | str) -> bool:
         """Claim one of this instance's own entries before running it; ``False`` if it was stolen."""
         return self._stealer().claim(self.info.instance_id, entry) is not None
@@ -589,8 +595,8 @@ class Coordinator:
                     self.store.delete(PARALLELISM, key)  # its in-flight slots died with it
                 except StoreError as exc:  # e.g. a name too long for another space
                     log.warning("could not remove all state of %s: %s", key, exc)
-        if removed:
-            log.info("removed dead instances: %s", ", ".join(removed))
+        for key in removed:
+            self.events.emit("cleanup", f"removed dead instance {key}")
         return removed
 
     def cleanup_orphans(self) -> list[str]:

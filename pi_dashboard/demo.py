@@ -75,8 +75,9 @@ def worker_names(count: int) -> list[str]:
 
 
 def demo_config(reserved: str | None) -> dict[str, object]:
-    """The demo's ``config.json`` (adaptive rate control on, with its defaults)."""
-    section: dict[str, object] = {"providers": PROVIDERS, "adaptiveRateControl": {"enabled": True}}
+    """The demo's ``config.json`` (adaptive rate control on, recovering after 8 quiet seconds)."""
+    # A short quiet period, so the limits visibly recover between the demo's storms.
+    section: dict[str, object] = {"providers": PROVIDERS, "adaptiveRateControl": {"enabled": True, "quietPeriodMs": 8000}}
     if reserved:
         section["instances"] = {reserved: RESERVED_POLICY}
     return {"crossInstance": section}

@@ -44,9 +44,11 @@ from core.backoff import BackoffBoard
 from core.clock import utc_from_ms
 from core.coordinator import Coordinator, NotRegistered
 from core.models import DistributedLock, StealableQueueEntry
+from core.parallelism import AdjusterConfig
 from core.slots import SlotTimeout
-from core.stealing import split_claim_key
-from core.store import CLAIMS, StoreError
+from core.store import StoreError
+
+DEMO_PARALLELISM = AdjusterConfig(recovery_interval_ms=5_000, error_window_ms=15_000)
 
 log = logging.getLogger("pi_dash.demo_worker")
 
@@ -184,7 +186,9 @@ class DemoWorker:
         self.project = project or PROJECTS[sum(map(ord, name)) % len(PROJECTS)]
         self.epoch = epoch
         self.parent_pid = parent_pid
-        self.coordinator = Coordinator(root=root, instance_name=name)
+        # pi's recovery waits (5 min without errors) are too slow for a demo that
+        # wants to show recovery between storms: the demo uses shorter ones.
+        self.coordinator = Coordinator(root=root, instance_name=name, parallelism=DEMO_PARALLELISM)
         self.stop = threading.Event()  # SIGTERM, or orphaned
         self.queue: list[Task] = []
         self.counters = Counters()
@@ -307,12 +311,7 @@ class DemoWorker:
         """Forget queued entries somebody claimed (we claim ours only as we start them)."""
         if not self.queue:
             return
-        me = self.coordinator.instance_id
-        claimed = set()
-        for key in self.coordinator.store.keys(CLAIMS):
-            owner, entry_id = split_claim_key(key)
-            if owner == me:
-                claimed.add(entry_id)
+        claimed = self.coordinator.claimed_entries()
         if not claimed:
             return
         kept = [t for t in self.queue if t.id not in claimed]

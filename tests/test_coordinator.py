@@ -238,3 +238,15 @@ def test_malformed_config_keeps_defaults(root):
     coordinator = Coordinator(root=root)
     assert coordinator.config.total_max_llm == 6
     assert "malformed JSON" in str(coordinator.config_problems[0])
+
+
+def test_claimed_entries_tell_the_owner_what_to_drop(root, clock):
+    owner, thief = Coordinator(root=root, clock=clock), Coordinator(root=root, clock=clock)
+    owner.register(heartbeat=False)
+    thief.register(heartbeat=False)
+    owner.update_workload(5)
+    owner.broadcast_queue_state(5, 1, stealable_entries(owner.instance_id, clock, 3))
+    assert owner.claimed_entries() == set()
+    stolen = thief.safe_steal_work()
+    assert owner.claim_own("task-2")
+    assert owner.claimed_entries() == {stolen.entry.id, "task-2"}
