@@ -94,7 +94,7 @@ class SlotGate:
     def _log_change(self, change: ParallelismChange) -> None:
         self.events.emit(
             "parallelism",
-            f"{change.provider}/{change.model}: parallelism {change.old} -> {change.new} ({change.reason})",
+            f"{change.provider}/{change.model}: parallelism after {change.reason}",
             provider=change.provider,
             model=change.model,
         )

@@ -47,6 +47,8 @@ def _parser() -> argparse.ArgumentParser:
     shot.add_argument("-o", "--output", metavar="FILE.svg", required=True)
     shot.add_argument("--width", type=int, default=160)
     shot.add_argument("--height", type=int, default=48)
+    shot.add_argument("--after", type=float, default=0.0, metavar="SECONDS", help="watch live this long first")
+    shot.add_argument("--demo", action="store_true", help="of the built-in demo fleet")
     limits = commands.add_parser("limits", help="each provider's rate limit, usage and 429 backoff")
     limits.add_argument("--root", metavar="DIR", help=root_help, default=argparse.SUPPRESS)
     limits.add_argument("--provider", metavar="P", help="only this provider")
@@ -133,15 +135,20 @@ def cmd_dashboard(args: argparse.Namespace, demo_now: bool = False) -> int:
 def cmd_snapshot(args: argparse.Namespace) -> int:
     from .app import PiDashApp
 
-    app = PiDashApp(DirectoryStore(default_root(args.root)), live=False)
+    launcher = _DemoLauncher()
     output = Path(args.output)
+    try:
+        store = launcher() if args.demo else DirectoryStore(default_root(args.root))
+        app = PiDashApp(store, live=args.after > 0)
 
-    async def capture(pilot: Pilot[None]) -> None:
-        await pilot.pause()
-        app.save_screenshot(filename=output.name, path=str(output.parent.resolve()))
-        app.exit()
+        async def capture(pilot: Pilot[None]) -> None:
+            await pilot.pause(args.after)
+            app.save_screenshot(filename=output.name, path=str(output.parent.resolve()))
+            app.exit()
 
-    app.run(headless=True, size=(args.width, args.height), auto_pilot=capture)
+        app.run(headless=True, size=(args.width, args.height), auto_pilot=capture)
+    finally:
+        launcher.stop()
     print(f"wrote {output}")
     return 0
 

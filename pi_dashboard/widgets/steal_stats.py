@@ -26,6 +26,4 @@ class StealStats(Static):
             text.append("latest steals:\n", style="bold")
         for event in reversed(steals):
             text.append(printable(event.message) + "\n", style="dim")
-        text.no_wrap = True
-        text.overflow = "ellipsis"
         self.update(text)
