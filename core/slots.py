@@ -159,14 +159,8 @@ class SlotGate:
         with self.adjuster.changed:
             while not self.adjuster.try_start(provider, model):
                 self.adjuster.changed.wait(self._remaining(deadline))
-        try:
+        with self._slot_back_on_failure(provider, model):
             self.limiter.acquire(provider, model, self._remaining(deadline))
-        except (RateLimitTimeout, SlotTimeout) as exc:
-            self.adjuster.request_completed(provider, model)
-            raise SlotTimeout(str(exc)) from None
-        except BaseException:
-            self.adjuster.request_completed(provider, model)
-            raise
         return (time.monotonic() - began) * 1000
 
     async def _enter_async(self, provider: str, model: str, timeout: float | None) -> float:
@@ -192,15 +186,21 @@ class SlotGate:
                 raise SlotTimeout("no LLM slot within the timeout") from None
             finally:
                 remove()
-        try:
+        with self._slot_back_on_failure(provider, model):
             await self.limiter.acquire_async(provider, model, self._remaining(deadline))
+        return (time.monotonic() - began) * 1000
+
+    @contextmanager
+    def _slot_back_on_failure(self, provider: str, model: str) -> Iterator[None]:
+        """Waiting for a rate token holds a parallelism slot: give it back if the wait fails."""
+        try:
+            yield
         except (RateLimitTimeout, SlotTimeout) as exc:
             self.adjuster.request_completed(provider, model)
             raise SlotTimeout(str(exc)) from None
         except BaseException:
             self.adjuster.request_completed(provider, model)
             raise
-        return (time.monotonic() - began) * 1000
 
     # --------------------------------------------------------- leaving
     def _leave(self, slot: LlmSlot, error: BaseException | None) -> None:
