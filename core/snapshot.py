@@ -432,7 +432,7 @@ class SnapshotBuilder:
                 Problem("stray", f"{space.name}/{name}", "not a file pi or pi-dash writes here; ignored")
                 for space in self._caches
                 for name in self.store.strays(space)
-            ]
+            ] + [Problem("unreadable", where, reason) for where, reason in self.store.event_log_problems()]
         self._tail_events()
         config, config_problems = load_config(self.store, self._config_overrides, self._env)
         return self._compose(self.clock.now_ms(), config, config_problems)

@@ -168,6 +168,10 @@ class Store(ABC):
     def read_config(self) -> bytes | None:
         """The raw fleet config (pi's ``coordinator.json``), or ``None`` when absent."""
 
+    def event_log_problems(self) -> list[tuple[str, str]]:
+        """``(where, reason)`` for parts of the event log that cannot be read. Optional."""
+        return []
+
     def strays(self, space: Space) -> list[str]:
         """Things in ``space`` that are no entry of it (to report, never to read). Optional."""
         return []

@@ -512,6 +512,19 @@ class DirectoryStore(Store):
             return []
         return sorted(int(n[:-6]) for n in names if n.endswith(".jsonl") and n[:-6].isdigit())
 
+    def event_log_problems(self) -> list[tuple[str, str]]:
+        problems = []
+        for number in self._segments():
+            path = self._segment_path(number)
+            try:
+                mode = os.lstat(path).st_mode
+            except OSError:
+                continue
+            if not stat.S_ISREG(mode):
+                reason = "is a symbolic link; not followed" if stat.S_ISLNK(mode) else "not a regular file"
+                problems.append((os.path.relpath(path, self._root), reason))
+        return problems
+
     def _segment_path(self, number: int) -> str:
         return os.path.join(self._root, EVENTS_DIR, f"{number:06d}.jsonl")
 
