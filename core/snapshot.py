@@ -693,7 +693,7 @@ class SnapshotBuilder:
         )
         if self._unreadable_events:
             problems.append(
-                Problem("corrupt", "pi-dash/events.jsonl", f"{self._unreadable_events} unreadable event line(s) skipped")
+                Problem("corrupt", "pi-dash/events", f"{self._unreadable_events} unreadable event line(s) skipped")
             )
         return FleetSnapshot(
             controls=control_views,

@@ -905,7 +905,10 @@ def test_garbage_in_the_event_log_is_reported(tmp_path: Path) -> None:
     (_events_dir(tmp_path) / "notes.txt").write_bytes(b"x")
     snap = snapshot(tmp_path, real_now)
     assert [e.message for e in snap.events] == ["rate limited"]
-    assert [(p.kind, p.where) for p in snap.problems] == [("corrupt", "pi-dash/events.jsonl")]
+    assert [(p.kind, p.where) for p in snap.problems] == [
+        ("unreadable", "pi-dash/events/000003.jsonl"),
+        ("corrupt", "pi-dash/events"),
+    ]
     check_neighbours(snap, 8, active=1)
 
 
