@@ -44,8 +44,27 @@ PARALLELISM = Space("pi-dash/parallelism", ".json")
 BACKOFF = Space("pi-dash/backoff", ".json", in_place=True)
 RATE_LIMITS = Space("pi-dash/rate-limits", ".json", in_place=True)
 CONTROL = Space("pi-dash/control", ".json")
+# The distributed execution API (seed 003): task locks, workers, shared memory, fencing counters.
+TASK_LOCKS = Space("pi-dash/dist/locks", ".json")
+WORKERS = Space("pi-dash/dist/workers", ".json")
+MEMORY = Space("pi-dash/dist/memory", ".json")
+FENCING = Space("pi-dash/dist/fencing", ".json", in_place=True)
 
-ALL_SPACES = (INSTANCES, QUEUES, LOCKS, STEALING_STATS, CLAIMS, PARALLELISM, BACKOFF, RATE_LIMITS, CONTROL)
+ALL_SPACES = (
+    INSTANCES,
+    QUEUES,
+    LOCKS,
+    STEALING_STATS,
+    CLAIMS,
+    PARALLELISM,
+    BACKOFF,
+    RATE_LIMITS,
+    CONTROL,
+    TASK_LOCKS,
+    WORKERS,
+    MEMORY,
+    FENCING,
+)
 
 Updater = Callable[[bytes | None], bytes | None]
 """Maps the current bytes (``None`` if absent) to the new bytes (``None``: leave as is)."""
