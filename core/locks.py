@@ -105,6 +105,9 @@ class LockService:
     def release_if_current(self, lock: DistributedLock) -> LockRelease:
         """Remove ``lock`` only if the file still holds exactly this lock (by ``lockId``)."""
         key = lock_key(lock.resource)
+        # The common case in one step: the file holds exactly the bytes we wrote.
+        if self.store.delete_if(LOCKS, key, lock.to_json()):
+            return LockRelease(True, "released")
         try:
             found = read_record(self.store, LOCKS, key, DistributedLock)
         except (CorruptRecord, EntryUnreadable) as exc:

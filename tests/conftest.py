@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import uuid
 from pathlib import Path
 
 import pytest
@@ -11,6 +12,32 @@ from core.clock import ManualClock
 from core.store import DirectoryStore
 
 FIXTURES = Path(__file__).parent / "fixtures"
+BACKENDS = ("directory", "redis")
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory):
+    """One redis-server for the session (on CI it must exist: .ci/run installs it)."""
+    from tests.redis_server import RedisServer, redis_available
+
+    if not redis_available():
+        pytest.skip("redis-server is not installed; .ci/run installs it")
+    server = RedisServer(tmp_path_factory.mktemp("redis"))
+    server.start()
+    yield server
+    server.stop()
+
+
+def make_store(backend: str, request: pytest.FixtureRequest, tmp_path: Path):
+    """A fresh, empty store of the given backend (a new key prefix per test on Redis)."""
+    if backend == "directory":
+        root = tmp_path / "runtime"
+        root.mkdir(mode=0o700, exist_ok=True)
+        return DirectoryStore(root)
+    from core.store.redis_store import RedisStore
+
+    server = request.getfixturevalue("redis_server")
+    return RedisStore(server.url, prefix=f"t{os.getpid()}-{uuid.uuid4().hex[:8]}")
 
 
 @pytest.fixture

@@ -1,0 +1,366 @@
+"""The Redis backend: the same Store, for fleets that span machines.
+
+Layout under a configurable prefix ``P`` (default ``pi-dash``):
+
+* ``P:e:{space}:{key}``: an entry's bytes (the same JSON as on disk);
+* ``P:v:{space}``: a hash of key -> version, bumped by every change; it is
+  also the space's index, so listing a space never scans the keyspace;
+* ``P:m:{space}``: a hash of key -> when it last changed (the server's clock,
+  epoch ms), which cleanup uses as a file's modification time;
+* ``P:config``: the fleet's ``coordinator.json``;
+* ``P:events``: the event log, a stream capped near ``EVENTS_KEPT`` entries;
+* ``P:changes``: a channel announcing every change as ``{space}\\n{key}``, so
+  watchers (the dashboard) need no polling.
+
+Every mutation is one Lua script (set + version + publish atomically);
+compare-and-swap and compare-and-delete compare the exact bytes server-side.
+``update`` is optimistic: read, compute, then swap only if unchanged.
+
+Restarts: a lock or claim that only lived in a Redis that restarted without
+persistence is gone, and granting it again could give it to two holders.  Run
+Redis with ``appendonly yes`` (the tests use ``appendfsync always``).  Without
+it, the store refuses every create-if-absent (locks, claims) until the server
+has been up for ``RESTART_GRACE_MS``, longer than any lock's TTL, so whoever
+held a lock before the restart has lost it by then.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any, TypeVar
+from urllib.parse import parse_qs, urlsplit
+
+import redis
+from redis.backoff import ExponentialBackoff
+from redis.retry import Retry
+
+from .base import ALL_SPACES, Blob, EntryUnreadable, Space, Store, StoreError, StoreUnavailable, Updater, Version
+
+ENV_REDIS = "PI_DASH_REDIS"
+DEFAULT_PREFIX = "pi-dash"
+EVENTS_KEPT = 20_000
+RESTART_GRACE_MS = 60_000
+SERVER_CHECK_S = 1.0
+MAX_BLOB_BYTES = 8 * 1024 * 1024
+
+T = TypeVar("T")
+
+_STAMP = """
+local t = redis.call('TIME')
+redis.call('HSET', KEYS[3], ARGV[2], t[1] * 1000 + math.floor(t[2] / 1000))
+"""
+_WRITE = """
+redis.call('SET', KEYS[1], ARGV[1])
+redis.call('HINCRBY', KEYS[2], ARGV[2], 1)
+""" + _STAMP + """
+redis.call('PUBLISH', ARGV[3], ARGV[4])
+return 1
+"""
+_CREATE = """
+if not redis.call('SET', KEYS[1], ARGV[1], 'NX') then return 0 end
+redis.call('HINCRBY', KEYS[2], ARGV[2], 1)
+""" + _STAMP + """
+redis.call('PUBLISH', ARGV[3], ARGV[4])
+return 1
+"""
+_REPLACE_IF = """
+if redis.call('GET', KEYS[1]) ~= ARGV[5] then return 0 end
+redis.call('SET', KEYS[1], ARGV[1])
+redis.call('HINCRBY', KEYS[2], ARGV[2], 1)
+""" + _STAMP + """
+redis.call('PUBLISH', ARGV[3], ARGV[4])
+return 1
+"""
+_DELETE_IF = """
+if redis.call('GET', KEYS[1]) ~= ARGV[5] then return 0 end
+redis.call('DEL', KEYS[1])
+redis.call('HDEL', KEYS[2], ARGV[2])
+redis.call('HDEL', KEYS[3], ARGV[2])
+redis.call('PUBLISH', ARGV[3], ARGV[4])
+return 1
+"""
+_DELETE = """
+local removed = redis.call('DEL', KEYS[1])
+redis.call('HDEL', KEYS[2], ARGV[2])
+redis.call('HDEL', KEYS[3], ARGV[2])
+if removed > 0 then redis.call('PUBLISH', ARGV[3], ARGV[4]) end
+return removed
+"""
+
+_SPACES = {space.name: space for space in ALL_SPACES}
+
+
+def redis_url(cli_url: str | None = None, env: dict[str, str] | None = None) -> str | None:
+    """``--redis URL``, else ``$PI_DASH_REDIS``, else ``None`` (use the directory)."""
+    env = os.environ if env is None else env
+    return cli_url or env.get(ENV_REDIS) or None
+
+
+class RedisStore(Store):
+    """A :class:`Store` on a Redis server (``redis://host:port/db?prefix=name``)."""
+
+    def __init__(self, url: str, prefix: str | None = None) -> None:
+        parts = urlsplit(url)
+        query = parse_qs(parts.query)
+        self.url = url
+        self.prefix = prefix or query.get("prefix", [DEFAULT_PREFIX])[0]
+        self._where = f"{parts.hostname or 'localhost'}:{parts.port or 6379}{parts.path or '/0'}"
+        clean_url = url.split("?", 1)[0]
+        self._client = redis.Redis.from_url(
+            clean_url,
+            socket_timeout=2.0,
+            socket_connect_timeout=2.0,
+            retry=Retry(ExponentialBackoff(cap=0.5, base=0.02), 3),
+            retry_on_error=[redis.ConnectionError, redis.TimeoutError],
+            health_check_interval=10,
+        )
+        self._channel = f"{self.prefix}:changes"
+        self._scripts = {
+            name: self._client.register_script(body)
+            for name, body in (
+                ("write", _WRITE),
+                ("create", _CREATE),
+                ("replace_if", _REPLACE_IF),
+                ("delete_if", _DELETE_IF),
+                ("delete", _DELETE),
+            )
+        }
+        self._server_lock = threading.Lock()
+        self._server_checked = 0.0
+        self._run_id: str | None = None
+        self._grants_frozen_until = 0.0
+
+    def __repr__(self) -> str:
+        return f"RedisStore({self._where!r}, prefix={self.prefix!r})"
+
+    def describe(self) -> str:
+        return f"redis {self._where} prefix {self.prefix}"
+
+    # ------------------------------------------------------------- helpers
+    @contextmanager
+    def _errors(self) -> Iterator[None]:
+        try:
+            yield
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            raise StoreUnavailable(f"redis at {self._where} is unreachable: {exc}") from None
+        except redis.RedisError as exc:
+            raise StoreError(f"redis at {self._where}: {exc}") from None
+
+    def _call(self, action: Callable[[], T]) -> T:
+        with self._errors():
+            return action()
+
+    def _entry(self, space: Space, key: str) -> str:
+        if not key:
+            raise StoreError("empty key")
+        return f"{self.prefix}:e:{space.name}:{key}"
+
+    def _versions_key(self, space: Space) -> str:
+        return f"{self.prefix}:v:{space.name}"
+
+    def _modified_key(self, space: Space) -> str:
+        return f"{self.prefix}:m:{space.name}"
+
+    def _mutate(self, script: str, space: Space, key: str, data: bytes = b"", expected: bytes | None = None) -> int:
+        """Run one mutation script: ARGV is data, field, channel, message[, expected]."""
+        keys = [self._entry(space, key), self._versions_key(space), self._modified_key(space)]
+        args = [data, key, self._channel, f"{space.name}\n{key}".encode()]
+        if expected is not None:
+            args.append(expected)
+        return int(self._call(lambda: self._scripts[script](keys=keys, args=args)))
+
+    # ------------------------------------------------------------- reading
+    def check(self) -> None:
+        self._observe_server(force=True)
+
+    def _observe_server(self, force: bool = False) -> None:
+        """Notice restarts (a new run id) of a server that keeps nothing across them."""
+        now = time.monotonic()
+        with self._server_lock:
+            if not force and now - self._server_checked < SERVER_CHECK_S:
+                return
+            self._server_checked = now
+        info = self._call(lambda: self._client.info())
+        run_id, uptime_ms = info.get("run_id"), int(info.get("uptime_in_seconds", 0)) * 1000
+        persistent = bool(info.get("aof_enabled"))
+        with self._server_lock:
+            restarted = self._run_id is not None and run_id != self._run_id
+            self._run_id = run_id
+            if not persistent and (restarted or uptime_ms < RESTART_GRACE_MS):
+                self._grants_frozen_until = now + max(0, RESTART_GRACE_MS - uptime_ms) / 1000
+
+    def versions(self, space: Space) -> dict[str, Version]:
+        raw = self._call(lambda: self._client.hgetall(self._versions_key(space)))
+        return {k.decode("utf-8", "surrogateescape"): int(v) for k, v in raw.items()}
+
+    def keys(self, space: Space) -> list[str]:
+        raw = self._call(lambda: self._client.hkeys(self._versions_key(space)))
+        return [k.decode("utf-8", "surrogateescape") for k in raw]
+
+    def read(self, space: Space, key: str) -> Blob | None:
+        entry = self._entry(space, key)
+
+        def fetch() -> list[Any]:
+            pipe = self._client.pipeline(transaction=False)
+            pipe.get(entry)
+            pipe.hget(self._versions_key(space), key)
+            pipe.hget(self._modified_key(space), key)
+            return pipe.execute()
+
+        data, version, modified = self._call(fetch)
+        if data is None:
+            return None
+        return self._blob(key, data, version, modified)
+
+    @staticmethod
+    def _blob(key: str, data: bytes, version: bytes | None, modified: bytes | None) -> Blob:
+        if len(data) > MAX_BLOB_BYTES:
+            raise EntryUnreadable(key, f"{len(data)} bytes is larger than the {MAX_BLOB_BYTES} allowed")
+        token = int(version) if version is not None else ("unversioned", len(data), hash(data))
+        return Blob(key, data, token, int(modified) if modified is not None else 0)
+
+    def read_all(self, space: Space) -> dict[str, Blob | EntryUnreadable]:
+        def fetch() -> tuple[list[bytes], list[Any], list[Any], list[Any]]:
+            versions = self._client.hgetall(self._versions_key(space))
+            names = list(versions)
+            if not names:
+                return [], [], [], []
+            pipe = self._client.pipeline(transaction=False)
+            pipe.mget([self._entry(space, n.decode("utf-8", "surrogateescape")) for n in names])
+            pipe.hmget(self._modified_key(space), names)
+            values, modified = pipe.execute()
+            return names, [versions[n] for n in names], values, modified
+
+        names, versions, values, modified = self._call(fetch)
+        found: dict[str, Blob | EntryUnreadable] = {}
+        for name, version, data, stamp in zip(names, versions, values, modified):
+            key = name.decode("utf-8", "surrogateescape")
+            if data is None:
+                continue
+            try:
+                found[key] = self._blob(key, data, version, stamp)
+            except EntryUnreadable as exc:
+                found[key] = exc
+        return found
+
+    def read_config(self) -> bytes | None:
+        return self._call(lambda: self._client.get(f"{self.prefix}:config"))
+
+    def write_config(self, data: bytes) -> None:
+        """Set the fleet's ``coordinator.json`` (there is no file to edit on Redis)."""
+        self._call(lambda: self._client.set(f"{self.prefix}:config", data))
+
+    # ------------------------------------------------------------- writing
+    def write(self, space: Space, key: str, data: bytes, *, durable: bool = True) -> None:
+        self._mutate("write", space, key, data)
+
+    def create(self, space: Space, key: str, data: bytes) -> bool:
+        self._observe_server()
+        if time.monotonic() < self._grants_frozen_until:
+            return False  # a restarted, non-persistent server: old holders may still be running
+        return self._mutate("create", space, key, data) == 1
+
+    def replace_if(self, space: Space, key: str, expected: bytes, data: bytes) -> bool:
+        return self._mutate("replace_if", space, key, data, expected=expected) == 1
+
+    def delete_if(self, space: Space, key: str, expected: bytes) -> bool:
+        return self._mutate("delete_if", space, key, expected=expected) == 1
+
+    def delete(self, space: Space, key: str) -> bool:
+        return self._mutate("delete", space, key) == 1
+
+    def update(self, space: Space, key: str, updater: Updater) -> bytes | None:
+        """Optimistic: read, compute, swap only if unchanged (retried on a conflict)."""
+        entry = self._entry(space, key)
+        while True:
+            before = self._call(lambda: self._client.get(entry))
+            after = updater(before)
+            if after is None or after == before:
+                return before
+            if before is None:
+                if self._mutate("create", space, key, after) == 1:
+                    return after
+            elif self._mutate("replace_if", space, key, after, expected=before) == 1:
+                return after
+
+    # --------------------------------------------------------------- events
+    def append_event(self, data: bytes) -> None:
+        if not data.strip() or b"\n" in data:
+            raise ValueError("an event must be one non-empty line")
+        stream = f"{self.prefix}:events"
+        self._call(lambda: self._client.xadd(stream, {"e": data}, maxlen=EVENTS_KEPT, approximate=True))
+
+    def read_events(self, cursor: int = 0, limit: int = 1000) -> tuple[list[bytes], int]:
+        """Cursors encode stream ids: ``milliseconds << 20 | sequence``."""
+        stream = f"{self.prefix}:events"
+        start = "-" if cursor == 0 else f"({cursor >> 20}-{cursor & 0xFFFFF}"
+        entries = self._call(lambda: self._client.xrange(stream, min=start, max="+", count=limit))
+        events = [fields.get(b"e", b"") for _, fields in entries]
+        if entries:
+            ms, seq = entries[-1][0].decode().split("-")
+            cursor = (int(ms) << 20) | int(seq)
+        return [e for e in events if e], cursor
+
+    # -------------------------------------------------------------- changes
+    def subscribe(self) -> RedisChangeFeed:
+        """A feed of ``(space, key)`` changes, for watchers that want no polling."""
+        return RedisChangeFeed(self)
+
+    def flush_prefix(self) -> int:
+        """Remove everything under this store's prefix (tests, demos)."""
+
+        def scan_and_delete() -> int:
+            removed = 0
+            for batch in _chunks(self._client.scan_iter(match=f"{self.prefix}:*", count=500), 500):
+                removed += self._client.delete(*batch)
+            return removed
+
+        return self._call(scan_and_delete)
+
+
+class RedisChangeFeed:
+    """Changes announced on the store's channel, as ``(Space, key)`` pairs."""
+
+    def __init__(self, store: RedisStore) -> None:
+        self._store = store
+        self._pubsub = store._client.pubsub(ignore_subscribe_messages=True)
+        store._call(lambda: self._pubsub.subscribe(store._channel))
+
+    def get(self, timeout: float) -> list[tuple[Space, str]]:
+        """Changes announced within ``timeout`` seconds (at least one wait, then what is queued)."""
+        changes: list[tuple[Space, str]] = []
+        deadline = time.monotonic() + timeout
+        while True:
+            remaining = deadline - time.monotonic()
+            message = self._store._call(lambda: self._pubsub.get_message(timeout=max(0.0, remaining)))
+            if message is None:
+                if changes or remaining <= 0:
+                    return changes
+                continue
+            name, _, key = message["data"].decode("utf-8", "surrogateescape").partition("\n")
+            space = _SPACES.get(name)
+            if space is not None:
+                changes.append((space, key))
+            if remaining <= 0:
+                return changes
+
+    def close(self) -> None:
+        try:
+            self._pubsub.close()
+        except redis.RedisError:
+            pass
+
+
+def _chunks(items: Iterator[Any], size: int) -> Iterator[list[Any]]:
+    batch: list[Any] = []
+    for item in items:
+        batch.append(item)
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch

@@ -1,0 +1,65 @@
+"""Worker functions for the contract suite's real processes (importable under spawn)."""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Any
+
+from core.coordinator import Coordinator
+from core.locks import LockService
+from core.store import DirectoryStore, Store
+
+
+def open_store(spec: tuple[str, str, str | None]) -> Store:
+    """Rebuild a store in a child process from ``(backend, root or url, prefix)``."""
+    backend, where, prefix = spec
+    if backend == "directory":
+        return DirectoryStore(where)
+    from core.store.redis_store import RedisStore
+
+    return RedisStore(where, prefix=prefix)
+
+
+def spec_of(store: Store) -> tuple[str, str, str | None]:
+    if isinstance(store, DirectoryStore):
+        return ("directory", str(store.root), None)
+    return ("redis", store.url, store.prefix)
+
+
+def contend(spec: tuple[str, str, str | None], name: str, seconds: float, start: Any, out: Any) -> None:
+    """Take and release one lock for ``seconds``, recording each hold interval."""
+    store = open_store(spec)
+    service = LockService(store, name)
+    holds = []
+    start.wait()
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        lock = service.try_acquire("contended", ttl_ms=10_000)
+        if lock is None:
+            continue
+        began = time.monotonic_ns()
+        ended = time.monotonic_ns()
+        holds.append((began, ended))
+        if not service.release(lock):
+            holds.append(("release failed", 0))
+    out.put((name, holds))
+
+
+def thief(spec: tuple[str, str, str | None], name: str, start: Any, out: Any) -> None:
+    """Steal until nothing is left to steal; report the entry ids taken."""
+    store = open_store(spec)
+    coordinator = Coordinator(store, env={})
+    coordinator.register(session_id=name, heartbeat=False)
+    start.wait()
+    taken: list[str] = []
+    misses = 0
+    while misses < 20:
+        work = coordinator.safe_steal_work()
+        if work is None:
+            misses += 1
+            time.sleep(0.01)
+            continue
+        misses = 0
+        taken.append(work.entry.id)
+    out.put((name, taken, os.getpid()))
