@@ -14,7 +14,8 @@ from typing import TYPE_CHECKING
 from core.limits_view import provider_limits
 from core.provider_config import config_path, load_settings
 from core.snapshot import FleetSnapshot, SnapshotBuilder
-from core.store import DirectoryStore, StoreError, default_root
+from core.store import DirectoryStore, Store, StoreError, default_root
+from core.store.redis_store import redis_url
 
 from . import __version__
 from .status_report import render, render_limits
@@ -35,15 +36,19 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"pi-dash {__version__}")
     root_help = "coordination directory (default: $PI_RUNTIME_DIR, else ~/.pi/runtime)"
+    redis_help = "watch a Redis-backed fleet instead (default: $PI_DASH_REDIS)"
     parser.add_argument("--root", metavar="DIR", help=root_help)
+    parser.add_argument("--redis", metavar="URL", help=redis_help)
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     status = commands.add_parser("status", help="print the fleet's state once (a table, or JSON)")
     status.add_argument("--root", metavar="DIR", help=root_help, default=argparse.SUPPRESS)
+    status.add_argument("--redis", metavar="URL", help=redis_help, default=argparse.SUPPRESS)
     status.add_argument("--json", action="store_true", help="machine-readable output")
     demo = commands.add_parser("demo", help="start the built-in demo fleet (real processes) and watch it")
     demo.add_argument("--workers", type=int, default=6, metavar="N", help="worker processes (default 6)")
     shot = commands.add_parser("snapshot", help="render one frame of the dashboard to an SVG file, no terminal needed")
     shot.add_argument("--root", metavar="DIR", help=root_help, default=argparse.SUPPRESS)
+    shot.add_argument("--redis", metavar="URL", help=redis_help, default=argparse.SUPPRESS)
     shot.add_argument("-o", "--output", metavar="FILE.svg", required=True)
     shot.add_argument("--width", type=int, default=160)
     shot.add_argument("--height", type=int, default=48)
@@ -51,15 +56,26 @@ def _parser() -> argparse.ArgumentParser:
     shot.add_argument("--demo", action="store_true", help="of the built-in demo fleet")
     limits = commands.add_parser("limits", help="each provider's rate limit, usage and 429 backoff")
     limits.add_argument("--root", metavar="DIR", help=root_help, default=argparse.SUPPRESS)
+    limits.add_argument("--redis", metavar="URL", help=redis_help, default=argparse.SUPPRESS)
     limits.add_argument("--provider", metavar="P", help="only this provider")
     limits.add_argument("--config", metavar="FILE", help="config.json (default: $PI_CONFIG, ./.pi/config.json, ~/.pi/config.json)")
     limits.add_argument("--json", action="store_true", help="machine-readable output")
     return parser
 
 
+def _store(args: argparse.Namespace) -> Store:
+    """The fleet to look at: ``--redis`` / ``$PI_DASH_REDIS``, else the directory."""
+    url = redis_url(args.redis)
+    if url:
+        from core.store.redis_store import RedisStore
+
+        return RedisStore(url)
+    return DirectoryStore(default_root(args.root))
+
+
 def _snapshot(args: argparse.Namespace) -> FleetSnapshot | None:
-    store = DirectoryStore(default_root(args.root))
     try:
+        store = _store(args)
         return SnapshotBuilder(store).build()
     except StoreError as exc:
         print(f"pi-dash: cannot read the fleet: {exc}", file=sys.stderr)
@@ -125,7 +141,7 @@ def cmd_dashboard(args: argparse.Namespace, demo_now: bool = False) -> int:
 
     launcher = _DemoLauncher(getattr(args, "workers", 6))
     try:
-        store = launcher() if demo_now else DirectoryStore(default_root(args.root))
+        store = launcher() if demo_now else _store(args)
         PiDashApp(store, start_demo=launcher).run()
     finally:
         launcher.stop()
@@ -138,7 +154,7 @@ def cmd_snapshot(args: argparse.Namespace) -> int:
     launcher = _DemoLauncher()
     output = Path(args.output)
     try:
-        store = launcher() if args.demo else DirectoryStore(default_root(args.root))
+        store = launcher() if args.demo else _store(args)
         app = PiDashApp(store, live=args.after > 0)
 
         async def capture(pilot: Pilot[None]) -> None:

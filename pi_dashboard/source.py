@@ -125,7 +125,7 @@ class FleetSource:
         while not self._stop.is_set():
             self._publish(self._build(None))
             if not isinstance(self.store, DirectoryStore):
-                self._tick_only()
+                self._follow_feed()
                 continue
             try:
                 self._watch(self.store, polling)
@@ -140,11 +140,38 @@ class FleetSource:
                     log.warning("file watching unavailable (%s); polling instead", exc)
                     polling = True
 
-    def _tick_only(self) -> None:
-        """Stores without file watching: rebuild every tick."""
-        self.watching = "polling"
-        self._wake.wait(TICK_MS / 1000)
-        self._wake.clear()
+    def _follow_feed(self) -> None:
+        """Stores that announce changes (Redis pub/sub): rebuild what they name, and every tick."""
+        subscribe = getattr(self.store, "subscribe", None)
+        if subscribe is None:
+            self.watching = "polling"
+            self._wake.wait(TICK_MS / 1000)
+            self._wake.clear()
+            return
+        try:
+            feed = subscribe()
+        except StoreError as exc:
+            self._publish(SourceState(None, str(exc), "stopped"))
+            self._stop.wait(RETRY_S)
+            return
+        self.watching = "pub/sub"
+        last_full = time.monotonic()
+        try:
+            while not self._stop.is_set() and not self._wake.is_set():
+                changes = feed.get(TICK_MS / 1000)
+                hints: dict[Space, set[str]] | None = {}
+                for space, key in changes:
+                    hints.setdefault(space, set()).add(key)
+                if time.monotonic() - last_full > FULL_SCAN_S:
+                    hints, last_full = None, time.monotonic()
+                self._publish(self._build(hints))
+        except StoreError as exc:  # the server went away: say so, then start over
+            self.watching = "stopped"
+            self._publish(SourceState(None, str(exc), "stopped"))
+            self._stop.wait(RETRY_S)
+        finally:
+            feed.close()
+            self._wake.clear()
 
     def _watch(self, store: DirectoryStore, polling: bool) -> None:
         self.watching = "polling" if polling else "inotify"
