@@ -63,3 +63,33 @@ def thief(spec: tuple[str, str, str | None], name: str, start: Any, out: Any) ->
         misses = 0
         taken.append(work.entry.id)
     out.put((name, taken, os.getpid()))
+
+
+def contend_through_outages(spec: tuple[str, str, str | None], name: str, seconds: float, start: Any, out: Any) -> None:
+    """Like :func:`contend`, but the server may vanish: count the errors and keep going."""
+    from core.store import StoreError
+
+    store = open_store(spec)
+    service = LockService(store, name)
+    holds, errors = [], 0
+    start.wait()
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            lock = service.try_acquire("contended", ttl_ms=1_000)
+        except StoreError:
+            errors += 1
+            time.sleep(0.05)
+            continue
+        if lock is None:
+            time.sleep(0.001)
+            continue
+        began = time.monotonic_ns()
+        time.sleep(0.002)
+        ended = time.monotonic_ns()
+        holds.append((began, ended))
+        try:
+            service.release(lock)
+        except StoreError:
+            errors += 1  # it stays taken until its TTL passes: nobody else gets it before
+    out.put((name, holds, errors))
