@@ -38,13 +38,16 @@ event log.
 from __future__ import annotations
 
 import asyncio
+import functools
+import json
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 from .clock import SYSTEM_CLOCK, Clock
 from .events import EventLog
 from .models import CorruptRecord, GcraBucket, ProviderRateState
+from .models.parallelism import GRANT_SLOT_S
 from .provider_config import CrossInstanceSettings, ProviderLimit, default_settings
 from .semantics import model_matches
 from .store import RATE_LIMITS, Store
@@ -68,10 +71,95 @@ class Reservation:
 
 
 @dataclass(frozen=True, slots=True)
-class _Bucket:
+class BucketSpec:
+    """One GCRA bucket: its rate as a share of the effective limit, and its burst."""
+
     name: str
-    emission_ms: float
-    tolerance_ms: float
+    share: float
+    burst: float
+
+    def emission_ms(self, effective_rpm: float, period_ms: float) -> float:
+        return period_ms / max(effective_rpm * self.share, 1e-9)
+
+    def tolerance_ms(self, emission_ms: float) -> float:
+        return (max(1, math.floor(self.burst)) - 1) * emission_ms
+
+
+@dataclass(frozen=True, slots=True)
+class ReservePlan:
+    """What one reservation needs to know, for whichever backend decides it."""
+
+    provider: str
+    paths: tuple[BucketSpec, ...]  # the request may be booked on whichever frees first
+    model: BucketSpec | None  # and must also fit this one
+    period_ms: float
+    horizon_ms: float
+    requests_per_minute: float  # configured: a change restarts adaptation
+    burst: int
+    fresh_effective: float
+    adaptive: bool
+    high: float
+    recovery_factor: float
+    quiet_ms: int
+
+    def to_json(self) -> bytes:
+        return json.dumps({**asdict(self), "grant_slot_s": GRANT_SLOT_S}, separators=(",", ":")).encode()
+
+
+@dataclass(frozen=True, slots=True)
+class RateDecision:
+    now_ms: float
+    start_ms: float | None  # None: not booked
+    bucket: str
+    old_effective: float
+    new_effective: float
+
+    @property
+    def recovered(self) -> bool:
+        return self.new_effective != self.old_effective
+
+
+@functools.lru_cache(maxsize=256)
+def _plan_json(plan: ReservePlan) -> bytes:
+    return plan.to_json()
+
+
+def gcra_step(state: ProviderRateState, plan: ReservePlan, now: float) -> tuple[ProviderRateState | None, RateDecision]:
+    """One reservation on the provider's state: the algorithm, in Python.
+
+    The Redis backend runs the same step as a Lua script (``RESERVE_RATE`` in
+    core/store/redis_store.py); the contract tests hold both to the same answers.
+    """
+    old = effective = state.effective_requests_per_minute
+    if plan.adaptive and effective < plan.high:
+        quiet_since = max(state.last429_at or 0, state.last_change_at or 0)
+        if now - quiet_since >= plan.quiet_ms:
+            effective = min(plan.high, effective * plan.recovery_factor)
+    recovered = {"effective_requests_per_minute": effective, "last_change_at": now} if effective != old else {}
+    tats = {name: bucket.tat for name, bucket in state.buckets.items()}
+
+    def allowed(spec: BucketSpec) -> tuple[float, float]:
+        emission = spec.emission_ms(effective, plan.period_ms)
+        return max(now, tats.get(spec.name, 0) - spec.tolerance_ms(emission)), emission
+
+    choice = min(plan.paths, key=lambda spec: allowed(spec)[0])
+    start, emission = allowed(choice)
+    booked = [(choice, emission)]
+    if plan.model is not None:
+        model_start, model_emission = allowed(plan.model)
+        start = max(start, model_start)
+        booked.append((plan.model, model_emission))
+    if start - now > plan.horizon_ms:
+        return (state.model_copy(update=recovered) if recovered else None), RateDecision(now, None, choice.name, old, effective)
+    buckets = dict(state.buckets)
+    for spec, spec_emission in booked:
+        buckets[spec.name] = GcraBucket(tat=math.ceil((max(tats.get(spec.name, 0), start) + spec_emission) * 10) / 10)
+    oldest_second = int(now // 1000) - 60 - GRANT_SLOT_S
+    grants = {s: n for s, n in state.grants_per_second.items() if int(s) > oldest_second}
+    second = str(int(start // 1000) // GRANT_SLOT_S * GRANT_SLOT_S)
+    grants[second] = grants.get(second, 0) + 1
+    update = {"buckets": buckets, "grants_per_second": grants, "total_grants": state.total_grants + 1, **recovered}
+    return state.model_copy(update=update), RateDecision(now, start, choice.name, old, effective)
 
 
 class SharedRateLimiter:
@@ -95,6 +183,9 @@ class SharedRateLimiter:
         self.period_ms = period_ms
         self.policy = self.settings.policy(instance_name)
         self.horizon_ms = period_ms * self.policy.priority / 10
+        # provider -> (bytes, state) of our last write: uncontended, the next decision
+        # starts from exactly these bytes and need not parse them again.
+        self._written: dict[str, tuple[bytes, ProviderRateState]] = {}
 
     # ------------------------------------------------------------ limits
     def _reservations(self, limit: ProviderLimit) -> dict[str, float]:
@@ -106,26 +197,43 @@ class SharedRateLimiter:
             wanted = {name: rpm * cap / total for name, rpm in wanted.items()}
         return wanted
 
-    def _buckets(self, limit: ProviderLimit, effective_rpm: float, model: str) -> tuple[list[_Bucket], _Bucket | None]:
-        """The buckets a request may be booked on (pool, own reservation) and its model's bucket."""
-        scale = effective_rpm / limit.requests_per_minute
+    @functools.lru_cache(maxsize=256)  # settings never change under a limiter  # noqa: B019
+    def plan(self, provider: str, model: str, horizon_ms: float) -> ReservePlan:
+        """Everything one decision needs, whichever backend takes it.
+
+        Bucket rates are shares of the provider's *effective* limit, because
+        adaptive control may change that limit inside the same atomic step.
+        """
+        limit = self.settings.limit(provider)
+        rpm = limit.requests_per_minute
         reserved = self._reservations(limit)
-        pool_rpm = (limit.requests_per_minute - sum(reserved.values())) * scale
-        paths = [self._bucket(POOL, pool_rpm, limit.burst * pool_rpm / effective_rpm)]
+        pool_share = (rpm - sum(reserved.values())) / rpm
+        paths = [BucketSpec(POOL, pool_share, limit.burst * pool_share)]
         mine = reserved.get(self.instance_name or "")
         if mine:
-            paths.append(self._bucket(f"reserved:{self.instance_name}", mine * scale, limit.burst * mine / limit.requests_per_minute))
+            paths.append(BucketSpec(f"reserved:{self.instance_name}", mine / rpm, limit.burst * mine / rpm))
         model_bucket = None
         for pattern, model_limit in limit.models.items():
             if model_matches(pattern, model):
-                burst = model_limit.burst or max(1, round(limit.burst * model_limit.requests_per_minute / limit.requests_per_minute))
-                model_bucket = self._bucket(f"model:{pattern.lower()}", model_limit.requests_per_minute * scale, burst)
+                share = model_limit.requests_per_minute / rpm
+                model_bucket = BucketSpec(f"model:{pattern.lower()}", share, model_limit.burst or max(1, round(limit.burst * share)))
                 break
-        return paths, model_bucket
-
-    def _bucket(self, name: str, rpm: float, burst: float) -> _Bucket:
-        emission = self.period_ms / max(rpm, 1e-9)
-        return _Bucket(name, emission, (max(1, math.floor(burst)) - 1) * emission)
+        low, high = self._bounds(limit)
+        adaptive = self.settings.adaptive
+        return ReservePlan(
+            provider=provider,
+            paths=tuple(paths),
+            model=model_bucket,
+            period_ms=self.period_ms,
+            horizon_ms=horizon_ms,
+            requests_per_minute=rpm,
+            burst=limit.burst,
+            fresh_effective=min(high, max(low, rpm)),
+            adaptive=adaptive.enabled,
+            high=high,
+            recovery_factor=adaptive.recovery_factor,
+            quiet_ms=adaptive.quiet_period_ms,
+        )
 
     def _bounds(self, limit: ProviderLimit) -> tuple[float, float]:
         adaptive = self.settings.adaptive
@@ -143,6 +251,8 @@ class SharedRateLimiter:
         )
 
     def _load(self, raw: bytes | None, provider: str, limit: ProviderLimit) -> ProviderRateState:
+        if raw and raw == self._written.get(provider, (None,))[0]:
+            return self._written[provider][1]  # what we wrote last: already validated
         if raw:
             try:
                 state = ProviderRateState.from_json(raw)
@@ -165,62 +275,46 @@ class SharedRateLimiter:
         """Book the earliest slot for one request.
 
         ``None`` (nothing booked) when that slot lies beyond this instance's
-        priority horizon or ``max_wait_ms``: ask again later.
+        priority horizon or ``max_wait_ms``: ask again later.  A backend with a
+        native GCRA step (Redis: one Lua script) takes the decision itself;
+        otherwise it is :func:`gcra_step` inside an atomic ``update``.
         """
         provider = provider.lower()
         horizon = self.horizon_ms if max_wait_ms is None else min(self.horizon_ms, max_wait_ms)
-        limit = self.settings.limit(provider)
-        outcome: list[Reservation | None] = [None]
-        recovered: list[float] = []
+        plan = self.plan(provider, model, horizon)
+        native = getattr(self.store, "reserve_rate", None)
+        if native is not None:
+            decision = RateDecision(*native(RATE_LIMITS, provider, _plan_json(plan), self.clock.now_ms()))
+        else:
+            decision = self._decide_here(provider, plan)
+        if decision.recovered and self.events is not None:
+            self.events.emit(
+                "rate-limit",
+                f"{provider}: limit recovered {decision.old_effective:.0f} -> {decision.new_effective:.0f} req/min",
+                provider=provider,
+            )
+        if decision.start_ms is None:
+            return None
+        return Reservation(provider, model, decision.start_ms, decision.start_ms - decision.now_ms, decision.bucket)
 
-        def decide(raw: bytes | None) -> bytes | None:
-            recovered.clear()
+    def _decide_here(self, provider: str, plan: ReservePlan) -> RateDecision:
+        result: list[RateDecision] = []
+        limit = self.settings.limit(provider)
+
+        def step(raw: bytes | None) -> bytes | None:
             now = self.clock.now_ms()
             state = self._load(raw, provider, limit)
-            effective = self._recover(state, limit, now)
-            if effective != state.effective_requests_per_minute:
-                recovered[:] = [state.effective_requests_per_minute, effective]
-            paths, model_bucket = self._buckets(limit, effective, model)
-            tats = {name: b.tat for name, b in state.buckets.items()}
-            choice = min(paths, key=lambda b: _allowed_at(b, tats.get(b.name, 0), now))
-            start = _allowed_at(choice, tats.get(choice.name, 0), now)
-            if model_bucket is not None:
-                start = max(start, _allowed_at(model_bucket, tats.get(model_bucket.name, 0), now))
-            outcome[0] = None
-            if start - now > horizon:
-                return None if not recovered else state.model_copy(
-                    update={"effective_requests_per_minute": effective, "last_change_at": now}
-                ).to_json()
-            buckets = dict(state.buckets)
-            for bucket in (choice, model_bucket):
-                if bucket is not None:
-                    buckets[bucket.name] = GcraBucket(tat=max(tats.get(bucket.name, 0), start) + bucket.emission_ms)
-            second = str(int(start // 1000))
-            oldest_second = int(now // 1000) - 61
-            grants = {s: n for s, n in state.grants_per_second.items() if int(s) > oldest_second}
-            grants[second] = grants.get(second, 0) + 1
-            update = {"buckets": buckets, "grants_per_second": grants, "total_grants": state.total_grants + 1}
-            if recovered:
-                update |= {"effective_requests_per_minute": effective, "last_change_at": now}
-            outcome[0] = Reservation(provider, model, start, start - now, choice.name)
-            return state.model_copy(update=update).to_json()
+            new_state, decision = gcra_step(state, plan, now)
+            result[:] = [decision]
+            return None if new_state is None else self._dump(provider, new_state)
 
-        self.store.update(RATE_LIMITS, provider, decide)
-        if recovered and self.events is not None:
-            old, new = recovered
-            self.events.emit("rate-limit", f"{provider}: limit recovered {old:.0f} -> {new:.0f} req/min", provider=provider)
-        return outcome[0]
+        self.store.update(RATE_LIMITS, provider, step)
+        return result[0]
 
-    def _recover(self, state: ProviderRateState, limit: ProviderLimit, now: int) -> float:
-        effective = state.effective_requests_per_minute
-        adaptive = self.settings.adaptive
-        _, high = self._bounds(limit)
-        if not adaptive.enabled or effective >= high:
-            return effective
-        quiet_since = max(state.last429_at or 0, state.last_change_at or 0)
-        if now - quiet_since < adaptive.quiet_period_ms:
-            return effective
-        return min(high, effective * adaptive.recovery_factor)
+    def _dump(self, provider: str, state: ProviderRateState) -> bytes:
+        raw = state.to_json()
+        self._written[provider] = (raw, state)
+        return raw
 
     def acquire(self, provider: str, model: str = "", timeout: float | None = None) -> Reservation:
         """Book a slot and sleep until it; raises :class:`RateLimitTimeout` past ``timeout`` seconds."""
@@ -290,7 +384,3 @@ class SharedRateLimiter:
 
 def _remaining_ms(deadline: float | None) -> float | None:
     return None if deadline is None else max(0.0, (deadline - time.monotonic()) * 1000)
-
-
-def _allowed_at(bucket: _Bucket, tat: float, now: float) -> float:
-    return max(now, tat - bucket.tolerance_ms)

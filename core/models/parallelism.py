@@ -81,6 +81,9 @@ class SharedBackoff(Record):
         return max(0, self.until - now_ms)
 
 
+GRANT_SLOT_S = 5  # usage is counted per 5-second slot: 12 numbers a minute to keep, not 60
+
+
 class GcraBucket(Record):
     """A generic cell rate algorithm bucket: the theoretical arrival time, in epoch ms."""
 
@@ -101,10 +104,12 @@ class ProviderRateState(Record):
     last429_at: int | None = None
     last_change_at: int | None = None
     buckets: dict[str, GcraBucket] = Field(default_factory=dict)
-    grants_per_second: dict[str, int] = Field(default_factory=dict)  # epoch second -> grants, last minute
+    # epoch second starting a GRANT_SLOT_S slot -> grants in that slot, over the last minute
+    grants_per_second: dict[str, int] = Field(default_factory=dict)
     total_grants: int = 0
 
     def used_last_minute(self, now_ms: int) -> int:
+        """Grants in the last minute, to the slot (a few seconds' precision is plenty for a gauge)."""
         horizon = now_ms // 1000 - 60
         return sum(n for second, n in self.grants_per_second.items() if int(second) > horizon)
 

@@ -46,6 +46,7 @@ EVENTS_KEPT = 20_000
 RESTART_GRACE_MS = 60_000
 SERVER_CHECK_S = 1.0
 MAX_BLOB_BYTES = 8 * 1024 * 1024
+LAST_SEEN_KEPT = 1024
 
 T = TypeVar("T")
 
@@ -74,6 +75,100 @@ redis.call('HINCRBY', KEYS[2], ARGV[2], 1)
 """ + _STAMP + """
 redis.call('PUBLISH', ARGV[3], ARGV[4])
 return 1
+"""
+_SWAP = """
+local current = redis.call('GET', KEYS[1])
+local expected_absent = ARGV[6] == '1'
+if (expected_absent and current == false) or (not expected_absent and current == ARGV[5]) then
+  redis.call('SET', KEYS[1], ARGV[1])
+  redis.call('HINCRBY', KEYS[2], ARGV[2], 1)
+""" + _STAMP + """
+  redis.call('PUBLISH', ARGV[3], ARGV[4])
+  return {1}
+end
+if current == false then return {0, 0, ''} end
+return {0, 1, current}
+"""
+# One GCRA reservation, the same step as core.ratelimit.gcra_step, on the
+# provider's JSON state.  ARGV: field, channel, message, plan (JSON), now (ms).
+_RESERVE_RATE = """
+local function num(v) if type(v) == 'number' then return v end return 0 end
+local plan = cjson.decode(ARGV[4])
+local now = tonumber(ARGV[5])
+local raw = redis.call('GET', KEYS[1])
+local state = nil
+if raw then
+  local ok, decoded = pcall(cjson.decode, raw)
+  if ok and type(decoded) == 'table' then state = decoded end
+end
+if state == nil then
+  state = {formatVersion = 1, provider = plan.provider, buckets = {}, grantsPerSecond = {}, totalGrants = 0}
+end
+if type(state.buckets) ~= 'table' then state.buckets = {} end
+if type(state.grantsPerSecond) ~= 'table' then state.grantsPerSecond = {} end
+if state.requestsPerMinute ~= plan.requests_per_minute or state.burst ~= plan.burst then
+  state.requestsPerMinute = plan.requests_per_minute
+  state.burst = plan.burst
+  state.effectiveRequestsPerMinute = plan.fresh_effective
+end
+local old = num(state.effectiveRequestsPerMinute)
+local effective = old
+if plan.adaptive and effective < plan.high then
+  if now - math.max(num(state.last429At), num(state.lastChangeAt)) >= plan.quiet_ms then
+    effective = math.min(plan.high, effective * plan.recovery_factor)
+  end
+end
+local function tat_of(name)
+  local bucket = state.buckets[name]
+  if type(bucket) == 'table' then return num(bucket.tat) end
+  return 0
+end
+local function allowed(spec)
+  local emission = plan.period_ms / math.max(effective * spec.share, 1e-9)
+  local tolerance = (math.max(1, math.floor(spec.burst)) - 1) * emission
+  return math.max(now, tat_of(spec.name) - tolerance), emission
+end
+local choice, start, emission = nil, nil, nil
+for _, spec in ipairs(plan.paths) do
+  local at, e = allowed(spec)
+  if start == nil or at < start then choice, start, emission = spec, at, e end
+end
+local booked = {{choice, emission}}
+if type(plan.model) == 'table' then
+  local at, e = allowed(plan.model)
+  if at > start then start = at end
+  table.insert(booked, {plan.model, e})
+end
+local changed = effective ~= old
+if changed then
+  state.effectiveRequestsPerMinute = effective
+  state.lastChangeAt = now
+end
+local booked_at = ''
+if start - now <= plan.horizon_ms then
+  for _, entry in ipairs(booked) do
+    local spec, e = entry[1], entry[2]
+    state.buckets[spec.name] = {tat = math.ceil((math.max(tat_of(spec.name), start) + e) * 10) / 10}
+  end
+  local oldest = math.floor(now / 1000) - 60 - plan.grant_slot_s
+  local grants = {}
+  for second, count in pairs(state.grantsPerSecond) do
+    if tonumber(second) > oldest then grants[second] = count end
+  end
+  local second = tostring(math.floor(math.floor(start / 1000) / plan.grant_slot_s) * plan.grant_slot_s)
+  grants[second] = num(grants[second]) + 1
+  state.grantsPerSecond = grants
+  state.totalGrants = num(state.totalGrants) + 1
+  booked_at = tostring(start)
+  changed = true
+end
+if changed then
+  redis.call('SET', KEYS[1], cjson.encode(state))
+  redis.call('HINCRBY', KEYS[2], ARGV[1], 1)
+""" + _STAMP.replace("ARGV[2]", "ARGV[1]") + """
+  redis.call('PUBLISH', ARGV[2], ARGV[3])
+end
+return table.concat({tostring(now), booked_at, choice.name, tostring(old), tostring(effective)}, string.char(10))
 """
 _DELETE_IF = """
 if redis.call('GET', KEYS[1]) ~= ARGV[5] then return 0 end
@@ -125,6 +220,8 @@ class RedisStore(Store):
                 ("write", _WRITE),
                 ("create", _CREATE),
                 ("replace_if", _REPLACE_IF),
+                ("swap", _SWAP),
+                ("reserve_rate", _RESERVE_RATE),
                 ("delete_if", _DELETE_IF),
                 ("delete", _DELETE),
             )
@@ -133,6 +230,7 @@ class RedisStore(Store):
         self._server_checked = 0.0
         self._run_id: str | None = None
         self._grants_frozen_until = 0.0
+        self._last_seen: dict[str, bytes | None] = {}  # update()'s guesses of current values
 
     def __repr__(self) -> str:
         return f"RedisStore({self._where!r}, prefix={self.prefix!r})"
@@ -274,18 +372,47 @@ class RedisStore(Store):
         return self._mutate("delete", space, key) == 1
 
     def update(self, space: Space, key: str, updater: Updater) -> bytes | None:
-        """Optimistic: read, compute, swap only if unchanged (retried on a conflict)."""
+        """Optimistic: compute from the value last seen, swap only if it is still current.
+
+        The swap script answers a conflict with the current value, so a hot key
+        (a provider's rate limiter) costs one round trip when this process was
+        the last to change it, and two when another was.
+        """
         entry = self._entry(space, key)
-        while True:
+        if entry in self._last_seen:
+            before = self._last_seen[entry]
+        else:
             before = self._call(lambda: self._client.get(entry))
+        while True:
             after = updater(before)
             if after is None or after == before:
+                self._remember(entry, before)
                 return before
-            if before is None:
-                if self._mutate("create", space, key, after) == 1:
-                    return after
-            elif self._mutate("replace_if", space, key, after, expected=before) == 1:
+            keys = [entry, self._versions_key(space), self._modified_key(space)]
+            args = [after, key, self._channel, f"{space.name}\n{key}".encode(), before or b"", b"1" if before is None else b"0"]
+            result = self._call(lambda: self._scripts["swap"](keys=keys, args=args))
+            if int(result[0]) == 1:
+                self._remember(entry, after)
                 return after
+            before = result[2] if int(result[1]) else None
+
+    def _remember(self, entry: str, value: bytes | None) -> None:
+        if len(self._last_seen) >= LAST_SEEN_KEPT:
+            self._last_seen.pop(next(iter(self._last_seen)))
+        self._last_seen[entry] = value
+
+    def reserve_rate(self, space: Space, key: str, plan: bytes, now_ms: float) -> tuple[float, float | None, str, float, float]:
+        """One GCRA reservation decided by the server (see core.ratelimit.gcra_step).
+
+        Returns ``(now, start or None, bucket, old effective limit, new effective limit)``.
+        """
+        entry = self._entry(space, key)
+        keys = [entry, self._versions_key(space), self._modified_key(space)]
+        args = [key, self._channel, f"{space.name}\n{key}".encode(), plan, repr(float(now_ms))]
+        reply = self._call(lambda: self._scripts["reserve_rate"](keys=keys, args=args))
+        now, start, bucket, old, new = reply.decode().split("\n")
+        self._last_seen.pop(entry, None)
+        return float(now), (float(start) if start else None), bucket, float(old), float(new)
 
     # --------------------------------------------------------------- events
     def append_event(self, data: bytes) -> None:
