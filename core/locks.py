@@ -56,6 +56,7 @@ class LockService:
         self.clock = clock
         self._last_stamp = 0
         self._stamp_lock = threading.Lock()
+        self._written: dict[str, bytes] = {}  # lockId -> the exact bytes we wrote, for release
 
     def _new_lock(self, resource: str, ttl_ms: int) -> DistributedLock:
         now = self.clock.now_ms()
@@ -80,7 +81,7 @@ class LockService:
         data = lock.to_json()
         for _ in range(3):
             if self.store.create(LOCKS, key, data):
-                return lock
+                return self._remember(lock, data)
             try:
                 blob = self.store.read(LOCKS, key)
             except EntryUnreadable:
@@ -95,8 +96,14 @@ class LockService:
             if not breakable:
                 return None
             if self.store.replace_if(LOCKS, key, blob.data, data):
-                return lock
+                return self._remember(lock, data)
         return None
+
+    def _remember(self, lock: DistributedLock, data: bytes) -> DistributedLock:
+        if len(self._written) >= 1024:
+            self._written.pop(next(iter(self._written)))
+        self._written[lock.lock_id] = data
+        return lock
 
     def release(self, lock: DistributedLock) -> bool:
         """Release a lock this holder took; ``False`` if it expired and changed hands."""
@@ -106,7 +113,8 @@ class LockService:
         """Remove ``lock`` only if the file still holds exactly this lock (by ``lockId``)."""
         key = lock_key(lock.resource)
         # The common case in one step: the file holds exactly the bytes we wrote.
-        if self.store.delete_if(LOCKS, key, lock.to_json()):
+        written = self._written.pop(lock.lock_id, None) or lock.to_json()
+        if self.store.delete_if(LOCKS, key, written):
             return LockRelease(True, "released")
         try:
             found = read_record(self.store, LOCKS, key, DistributedLock)
@@ -131,7 +139,11 @@ class LockService:
         if found is None or found[0].lock_id != lock.lock_id:
             return None
         renewed = lock.model_copy(update={"expires_at": self.clock.now_ms() + ttl_ms})
-        return renewed if self.store.replace_if(LOCKS, key, found[1].data, renewed.to_json()) else None
+        data = renewed.to_json()
+        if not self.store.replace_if(LOCKS, key, found[1].data, data):
+            return None
+        self._written.pop(lock.lock_id, None)
+        return self._remember(renewed, data)
 
     def cleanup_expired(self, entries: dict[str, Loaded[DistributedLock]]) -> list[str]:
         """Remove expired locks, and corrupt ones past their grace; returns the keys removed."""
