@@ -12,7 +12,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from fractions import Fraction
-from functools import cached_property
 from typing import Any, Literal, get_args
 
 from pydantic import Field
@@ -59,11 +58,11 @@ class Lock(Record):
     fencing_token: int
     metadata: LockMetadata = Field(default_factory=LockMetadata)
 
-    @cached_property
+    @property
     def acquired_ms(self) -> int:
         return to_epoch_ms(self.acquired_at)
 
-    @cached_property
+    @property
     def expires_ms(self) -> int:
         return to_epoch_ms(self.expires_at)
 
@@ -131,7 +130,7 @@ class WorkerInfo(Record):
     metadata: dict[str, Any] = Field(default_factory=dict)
     stale_since: JsTime | None = None
 
-    @cached_property
+    @property
     def heartbeat_ms(self) -> int:
         return to_epoch_ms(self.last_heartbeat)
 
