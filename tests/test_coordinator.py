@@ -250,3 +250,16 @@ def test_claimed_entries_tell_the_owner_what_to_drop(root, clock):
     stolen = thief.safe_steal_work()
     assert owner.claim_own("task-2")
     assert owner.claimed_entries() == {stolen.entry.id, "task-2"}
+
+
+def test_derived_values_follow_updates_of_the_own_record(root, clock):
+    coordinator = Coordinator(root=root, clock=clock)
+    coordinator.register(heartbeat=False)
+    before = coordinator.info.heartbeat_ms
+    assert coordinator.info.model_keys == frozenset()
+    clock.advance(90_000)
+    coordinator.heartbeat()
+    coordinator.set_active_model("openai", "gpt-4o")
+    assert coordinator.info.heartbeat_ms == before + 90_000  # not the copy's stale cached value
+    assert coordinator.info.model_keys == {("openai", "gpt-4o")}
+    assert coordinator.active_instances() == [coordinator.info]

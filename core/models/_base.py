@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta, timezone
 from decimal import Decimal
+from collections.abc import Mapping
+from functools import cached_property
 from typing import Annotated, Any, ClassVar, Self
 
 from pydantic import (
@@ -100,6 +102,7 @@ class Record(BaseModel):
     )
 
     KEEP_NULL: ClassVar[frozenset[str]] = frozenset()
+    _cached: ClassVar[tuple[str, ...]] = ()
     VERSIONED: ClassVar[bool] = False  # pi-dash's own records carry a ``formatVersion``
     _omit_if_none: ClassVar[tuple[str, ...]] = ()
 
@@ -111,6 +114,17 @@ class Record(BaseModel):
             for name, field in cls.model_fields.items()
             if field.default is None and name not in cls.KEEP_NULL
         )
+        cls._cached = tuple(
+            name for klass in cls.__mro__ for name, value in vars(klass).items() if isinstance(value, cached_property)
+        )
+
+    def model_copy(self, *, update: Mapping[str, Any] | None = None, deep: bool = False) -> Self:
+        """A copy whose derived values (``cached_property``) are computed afresh:
+        pydantic would carry them over, stale, from the original."""
+        copy = super().model_copy(update=update, deep=deep)
+        for name in self._cached:
+            copy.__dict__.pop(name, None)
+        return copy
 
     @model_serializer(mode="wrap")
     def _drop_undefined(self, handler: Any) -> Any:
