@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 from .clock import SYSTEM_CLOCK, Clock
 from .models import CorruptRecord, DistributedLock
-from .store import LOCKS, EntryUnreadable, Loaded, Store, read_record
+from .store import LOCKS, REFUSED, VANISHED, EntryUnreadable, Loaded, Store, read_record
 
 DEFAULT_TTL_MS = 30_000
 # A lock file that does not parse is only broken once it is this old: pi
@@ -80,14 +80,16 @@ class LockService:
         lock = self._new_lock(resource, ttl_ms)
         data = lock.to_json()
         for _ in range(3):
-            if self.store.create(LOCKS, key, data):
-                return self._remember(lock, data)
             try:
-                blob = self.store.read(LOCKS, key)
+                blob = self.store.create_or_read(LOCKS, key, data)
             except EntryUnreadable:
                 return None
             if blob is None:
+                return self._remember(lock, data)
+            if blob.version == VANISHED:
                 continue  # released between our attempt and our look: try again
+            if blob.version == REFUSED:
+                return None
             try:
                 current = DistributedLock.from_json(blob.data)
                 breakable = current.is_expired(lock.acquired_at)

@@ -72,6 +72,9 @@ Updater = Callable[[bytes | None], bytes | None]
 Version = Hashable
 """A token that changes whenever a blob's content may have changed."""
 
+VANISHED: Version = ("vanished",)
+REFUSED: Version = ("refused",)
+
 
 @dataclass(frozen=True, slots=True)
 class Blob:
@@ -149,6 +152,15 @@ class Store(ABC):
     @abstractmethod
     def create(self, space: Space, key: str, data: bytes) -> bool:
         """Store ``data`` only if ``key`` is absent; ``True`` if this call created it."""
+
+    def create_or_read(self, space: Space, key: str, data: bytes) -> Blob | None:
+        """:meth:`create`, and when that fails, what holds the key (one round trip where a
+        backend can).  ``None`` if this call created it; a blob whose version is
+        :data:`VANISHED` if the holder went away in between (try again), or
+        :data:`REFUSED` if the backend will not create anything just now."""
+        if self.create(space, key, data):
+            return None
+        return self.read(space, key) or Blob(key, b"", VANISHED, 0)
 
     @abstractmethod
     def replace_if(self, space: Space, key: str, expected: bytes, data: bytes) -> bool:

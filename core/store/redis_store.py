@@ -38,7 +38,7 @@ import redis
 from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
-from .base import ALL_SPACES, Blob, EntryUnreadable, Space, Store, StoreError, StoreUnavailable, Updater, Version
+from .base import ALL_SPACES, REFUSED, Blob, EntryUnreadable, Space, Store, StoreError, StoreUnavailable, Updater, Version
 
 ENV_REDIS = "PI_DASH_REDIS"
 DEFAULT_PREFIX = "pi-dash"
@@ -50,40 +50,52 @@ LAST_SEEN_KEPT = 1024
 
 T = TypeVar("T")
 
-_STAMP = """
-local t = redis.call('TIME')
-redis.call('HSET', KEYS[3], ARGV[2], t[1] * 1000 + math.floor(t[2] / 1000))
+# Shared by every mutation: record when it changed, and announce it on the
+# prefix's channel (derived from KEYS[2], "{prefix}:v:{space}", to keep calls short).
+_COMMON = """
+local function touch(field)
+  redis.call('HINCRBY', KEYS[2], field, 1)
+  local t = redis.call('TIME')
+  redis.call('HSET', KEYS[3], field, t[1] * 1000 + math.floor(t[2] / 1000))
+end
+local function announce(field)
+  local prefix, space = string.match(KEYS[2], '^(.*):v:(.*)$')
+  redis.call('PUBLISH', prefix .. ':changes', space .. string.char(10) .. field)
+end
+local function forget(field)
+  redis.call('HDEL', KEYS[2], field)
+  redis.call('HDEL', KEYS[3], field)
+end
 """
-_WRITE = """
+# ARGV: data, field[, expected[, "1" if expected absent]]
+_WRITE = _COMMON + """
 redis.call('SET', KEYS[1], ARGV[1])
-redis.call('HINCRBY', KEYS[2], ARGV[2], 1)
-""" + _STAMP + """
-redis.call('PUBLISH', ARGV[3], ARGV[4])
+touch(ARGV[2])
+announce(ARGV[2])
 return 1
 """
-_CREATE = """
-if not redis.call('SET', KEYS[1], ARGV[1], 'NX') then return 0 end
-redis.call('HINCRBY', KEYS[2], ARGV[2], 1)
-""" + _STAMP + """
-redis.call('PUBLISH', ARGV[3], ARGV[4])
-return 1
+_CREATE = _COMMON + """
+if not redis.call('SET', KEYS[1], ARGV[1], 'NX') then
+  return {0, redis.call('GET', KEYS[1]) or '', redis.call('HGET', KEYS[2], ARGV[2]) or '', redis.call('HGET', KEYS[3], ARGV[2]) or ''}
+end
+touch(ARGV[2])
+announce(ARGV[2])
+return {1}
 """
-_REPLACE_IF = """
-if redis.call('GET', KEYS[1]) ~= ARGV[5] then return 0 end
+_REPLACE_IF = _COMMON + """
+if redis.call('GET', KEYS[1]) ~= ARGV[3] then return 0 end
 redis.call('SET', KEYS[1], ARGV[1])
-redis.call('HINCRBY', KEYS[2], ARGV[2], 1)
-""" + _STAMP + """
-redis.call('PUBLISH', ARGV[3], ARGV[4])
+touch(ARGV[2])
+announce(ARGV[2])
 return 1
 """
-_SWAP = """
+_SWAP = _COMMON + """
 local current = redis.call('GET', KEYS[1])
-local expected_absent = ARGV[6] == '1'
-if (expected_absent and current == false) or (not expected_absent and current == ARGV[5]) then
+local expected_absent = ARGV[4] == '1'
+if (expected_absent and current == false) or (not expected_absent and current == ARGV[3]) then
   redis.call('SET', KEYS[1], ARGV[1])
-  redis.call('HINCRBY', KEYS[2], ARGV[2], 1)
-""" + _STAMP + """
-  redis.call('PUBLISH', ARGV[3], ARGV[4])
+  touch(ARGV[2])
+  announce(ARGV[2])
   return {1}
 end
 if current == false then return {0, 0, ''} end
@@ -91,10 +103,10 @@ return {0, 1, current}
 """
 # One GCRA reservation, the same step as core.ratelimit.gcra_step, on the
 # provider's JSON state.  ARGV: field, channel, message, plan (JSON), now (ms).
-_RESERVE_RATE = """
+_RESERVE_RATE = _COMMON + """
 local function num(v) if type(v) == 'number' then return v end return 0 end
-local plan = cjson.decode(ARGV[4])
-local now = tonumber(ARGV[5])
+local plan = cjson.decode(ARGV[2])
+local now = tonumber(ARGV[3])
 local raw = redis.call('GET', KEYS[1])
 local state = nil
 if raw then
@@ -164,25 +176,22 @@ if start - now <= plan.horizon_ms then
 end
 if changed then
   redis.call('SET', KEYS[1], cjson.encode(state))
-  redis.call('HINCRBY', KEYS[2], ARGV[1], 1)
-""" + _STAMP.replace("ARGV[2]", "ARGV[1]") + """
-  redis.call('PUBLISH', ARGV[2], ARGV[3])
+  touch(ARGV[1])
+  announce(ARGV[1])
 end
 return table.concat({tostring(now), booked_at, choice.name, tostring(old), tostring(effective)}, string.char(10))
 """
-_DELETE_IF = """
-if redis.call('GET', KEYS[1]) ~= ARGV[5] then return 0 end
+_DELETE_IF = _COMMON + """
+if redis.call('GET', KEYS[1]) ~= ARGV[3] then return 0 end
 redis.call('DEL', KEYS[1])
-redis.call('HDEL', KEYS[2], ARGV[2])
-redis.call('HDEL', KEYS[3], ARGV[2])
-redis.call('PUBLISH', ARGV[3], ARGV[4])
+forget(ARGV[2])
+announce(ARGV[2])
 return 1
 """
-_DELETE = """
+_DELETE = _COMMON + """
 local removed = redis.call('DEL', KEYS[1])
-redis.call('HDEL', KEYS[2], ARGV[2])
-redis.call('HDEL', KEYS[3], ARGV[2])
-if removed > 0 then redis.call('PUBLISH', ARGV[3], ARGV[4]) end
+forget(ARGV[2])
+if removed > 0 then announce(ARGV[2]) end
 return removed
 """
 
@@ -263,13 +272,14 @@ class RedisStore(Store):
     def _modified_key(self, space: Space) -> str:
         return f"{self.prefix}:m:{space.name}"
 
-    def _mutate(self, script: str, space: Space, key: str, data: bytes = b"", expected: bytes | None = None) -> int:
-        """Run one mutation script: ARGV is data, field, channel, message[, expected]."""
-        keys = [self._entry(space, key), self._versions_key(space), self._modified_key(space)]
-        args = [data, key, self._channel, f"{space.name}\n{key}".encode()]
-        if expected is not None:
-            args.append(expected)
-        return int(self._call(lambda: self._scripts[script](keys=keys, args=args)))
+    def _keys(self, space: Space, key: str) -> list[str]:
+        return [self._entry(space, key), self._versions_key(space), self._modified_key(space)]
+
+    def _mutate(self, script: str, space: Space, key: str, data: bytes = b"", expected: bytes | None = None) -> Any:
+        """Run one mutation script: ARGV is data, field[, expected]."""
+        args = [data, key] if expected is None else [data, key, expected]
+        keys = self._keys(space, key)
+        return self._call(lambda: self._scripts[script](keys=keys, args=args))
 
     # ------------------------------------------------------------- reading
     def check(self) -> None:
@@ -357,19 +367,27 @@ class RedisStore(Store):
         self._mutate("write", space, key, data)
 
     def create(self, space: Space, key: str, data: bytes) -> bool:
+        return self.create_or_read(space, key, data) is None
+
+    def create_or_read(self, space: Space, key: str, data: bytes) -> Blob | None:
+        """One round trip: ``None`` if created, else what holds the key."""
         self._observe_server()
         if time.monotonic() < self._grants_frozen_until:
-            return False  # a restarted, non-persistent server: old holders may still be running
-        return self._mutate("create", space, key, data) == 1
+            # A restarted, non-persistent server: old holders may still be running.
+            return Blob(key, b"", REFUSED, 0)
+        reply = self._mutate("create", space, key, data)
+        if int(reply[0]) == 1:
+            return None
+        return self._blob(key, reply[1], reply[2] or None, reply[3] or None)
 
     def replace_if(self, space: Space, key: str, expected: bytes, data: bytes) -> bool:
-        return self._mutate("replace_if", space, key, data, expected=expected) == 1
+        return int(self._mutate("replace_if", space, key, data, expected=expected)) == 1
 
     def delete_if(self, space: Space, key: str, expected: bytes) -> bool:
-        return self._mutate("delete_if", space, key, expected=expected) == 1
+        return int(self._mutate("delete_if", space, key, expected=expected)) == 1
 
     def delete(self, space: Space, key: str) -> bool:
-        return self._mutate("delete", space, key) == 1
+        return int(self._mutate("delete", space, key)) == 1
 
     def update(self, space: Space, key: str, updater: Updater) -> bytes | None:
         """Optimistic: compute from the value last seen, swap only if it is still current.
@@ -388,8 +406,8 @@ class RedisStore(Store):
             if after is None or after == before:
                 self._remember(entry, before)
                 return before
-            keys = [entry, self._versions_key(space), self._modified_key(space)]
-            args = [after, key, self._channel, f"{space.name}\n{key}".encode(), before or b"", b"1" if before is None else b"0"]
+            keys = self._keys(space, key)
+            args = [after, key, before or b"", b"1" if before is None else b"0"]
             result = self._call(lambda: self._scripts["swap"](keys=keys, args=args))
             if int(result[0]) == 1:
                 self._remember(entry, after)
@@ -406,9 +424,9 @@ class RedisStore(Store):
 
         Returns ``(now, start or None, bucket, old effective limit, new effective limit)``.
         """
-        entry = self._entry(space, key)
-        keys = [entry, self._versions_key(space), self._modified_key(space)]
-        args = [key, self._channel, f"{space.name}\n{key}".encode(), plan, repr(float(now_ms))]
+        keys = self._keys(space, key)
+        entry = keys[0]
+        args = [key, plan, repr(float(now_ms))]
         reply = self._call(lambda: self._scripts["reserve_rate"](keys=keys, args=args))
         now, start, bucket, old, new = reply.decode().split("\n")
         self._last_seen.pop(entry, None)
