@@ -13,8 +13,6 @@ import json
 import os
 import random
 import time
-import traceback
-from collections.abc import Callable
 from typing import Any
 
 from core.clock import utc_from_ms
@@ -23,16 +21,7 @@ from core.locks import LockService
 from core.models import CorruptRecord, InstanceInfo, StealableQueueEntry
 from core.store import CLAIMS, INSTANCES, DirectoryStore
 
-ERROR = "error"
-RESULT = "result"
-READY = "ready"
-
-
-def _report_errors(name: str, out: Any, body: Callable[[], Any]) -> None:
-    try:
-        out.put((RESULT, name, body()))
-    except BaseException:  # noqa: BLE001 - the parent must see every failure
-        out.put((ERROR, name, traceback.format_exc()))
+from tests.child_processes import ERROR, READY, RESULT, report_errors  # noqa: F401 (tests use ph.RESULT...)
 
 
 def instance_info(instance_id: str, i: int) -> InstanceInfo:
@@ -74,7 +63,7 @@ def lock_contender(root: str, name: str, resource: str, seconds: float, start: A
                 failed_releases += 1
         return {"intervals": intervals, "attempts": attempts, "failed_releases": failed_releases}
 
-    _report_errors(name, out, body)
+    report_errors(name, out, body)
 
 
 # ----------------------------------------------------------------- test 2
@@ -94,7 +83,7 @@ def instance_writer(root: str, key: str, count: int, durable: bool, start: Any, 
             done.set()
         return {"writes": count, "seconds": time.monotonic() - began}
 
-    _report_errors("writer", out, body)
+    report_errors("writer", out, body)
 
 
 def instance_reader(root: str, name: str, key: str, start: Any, done: Any, out: Any) -> None:
@@ -158,7 +147,7 @@ def instance_reader(root: str, name: str, key: str, start: Any, done: Any, out: 
             "distinct_values": len(values),
         }
 
-    _report_errors(name, out, body)
+    report_errors(name, out, body)
 
 
 # ----------------------------------------------------------------- test 3
@@ -209,7 +198,7 @@ def steal_victim(root: str, n_entries: int, pace_s: float, reverse: bool, start:
                 lost += 1
         return {"instance_id": me, "claimed": mine, "lost": lost}
 
-    _report_errors("victim", out, body)
+    report_errors("victim", out, body)
 
 
 def steal_thief(root: str, name: str, n_entries: int, seconds: float, start: Any, out: Any) -> None:
@@ -247,7 +236,7 @@ def steal_thief(root: str, name: str, n_entries: int, seconds: float, start: Any
             "stats": coordinator.stealing_stats().model_dump(),
         }
 
-    _report_errors(name, out, body)
+    report_errors(name, out, body)
 
 
 # ----------------------------------------------------------------- test 4
@@ -259,7 +248,7 @@ def doomed_holder(root: str, resource: str, ttl_ms: int, out: Any) -> None:
         out.put((READY, "doomed", None if lock is None else lock.model_dump()))
         time.sleep(60)  # never returns normally: the test kills us
 
-    _report_errors("doomed", out, body)
+    report_errors("doomed", out, body)
 
 
 # ----------------------------------------------------------------- test 5
@@ -302,7 +291,7 @@ def expiring_contender(
             time.sleep(rng.random() * 0.001)
         return {"grants": grants, "attempts": attempts, "failed_releases": failed_releases}
 
-    _report_errors(name, out, body)
+    report_errors(name, out, body)
 
 
 # ----------------------------------------------------------------- test 6
@@ -335,7 +324,7 @@ def counter_updater(root: str, name: str, space_name: str, key: str, count: int,
             produced.append(json.loads(store.update(space, key, increment))["n"])
         return {"produced": produced, "seconds": time.monotonic() - began}
 
-    _report_errors(name, out, body)
+    report_errors(name, out, body)
 
 
 def counter_reader(root: str, name: str, space_name: str, key: str, start: Any, done: Any, out: Any) -> None:
@@ -374,7 +363,7 @@ def counter_reader(root: str, name: str, space_name: str, key: str, start: Any, 
         return {"reads": reads, "missing": missing, "torn": torn[:5], "torn_count": len(torn),
                 "backwards": backwards, "last": last, "distinct": len(values)}
 
-    _report_errors(name, out, body)
+    report_errors(name, out, body)
 
 
 # ----------------------------------------------------------------- test 7
@@ -393,7 +382,7 @@ def event_appender(root: str, name: str, count: int, start: Any, segment_bytes: 
             store.append_event(json.dumps({"w": name, "i": i, "pad": "x" * (i % 50)}).encode())
         return {"appended": count}
 
-    _report_errors(name, out, body)
+    report_errors(name, out, body)
 
 
 def event_follower(root: str, name: str, start: Any, done: Any, out: Any) -> None:
@@ -421,4 +410,4 @@ def event_follower(root: str, name: str, start: Any, done: Any, out: Any) -> Non
                 break
         return {"seen": seen, "torn": torn[:5], "torn_count": len(torn), "calls": calls}
 
-    _report_errors(name, out, body)
+    report_errors(name, out, body)

@@ -12,23 +12,12 @@ from __future__ import annotations
 import asyncio
 import os
 import time
-import traceback
-from collections.abc import Callable
 from typing import Any
 
-ERROR = "error"
-RESULT = "result"
-READY = "ready"
+from tests.child_processes import ERROR, READY, RESULT, report_errors  # noqa: F401 (tests use ph.RESULT...)
 
 PROVIDER = "openai"
 MODEL = "gpt-4o"
-
-
-def _report_errors(name: str, out: Any, body: Callable[[], Any]) -> None:
-    try:
-        out.put((RESULT, name, body()))
-    except BaseException:  # noqa: BLE001 - the parent must see every failure
-        out.put((ERROR, name, traceback.format_exc()))
 
 
 def wall_ms() -> float:
@@ -58,7 +47,7 @@ def hammer(root: str, name: str, document: dict[str, Any], period_ms: int, secon
             grants.append((reservation.start_ms, wall_ms(), reservation.wait_ms))
         return {"grants": grants}
 
-    _report_errors(name, out, body)
+    report_errors(name, out, body)
 
 
 # ----------------------------------------------------------------- test 2
@@ -92,7 +81,7 @@ def reporter_429(root: str, retry_after: float, go: Any, out: Any) -> None:
             "own_current": coordinator.adjuster.get_config(PROVIDER, MODEL).current_parallelism,
         }
 
-    _report_errors("B", out, body)
+    report_errors("B", out, body)
 
 
 def follower_after_429(root: str, name: str, use_async: bool, go: Any, out: Any) -> None:
@@ -134,7 +123,7 @@ def follower_after_429(root: str, name: str, use_async: bool, go: Any, out: Any)
             "until_seen": None if shared is None else shared.until,
         }
 
-    _report_errors(name, out, body)
+    report_errors(name, out, body)
 
 
 # ----------------------------------------------------------------- test 3
@@ -149,7 +138,7 @@ def doomed_slot_holder(root: str, config: dict[str, int], out: Any) -> None:
                 out.put((READY, "doomed", {"instance_id": me, "pid": os.getpid()}))
                 time.sleep(120)  # never returns normally: the test kills us
 
-    _report_errors("doomed", out, body)
+    report_errors("doomed", out, body)
 
 
 def parallelism_probe(root: str, config: dict[str, int], out: Any) -> None:
@@ -169,4 +158,4 @@ def parallelism_probe(root: str, config: dict[str, int], out: Any) -> None:
         coordinator.unregister()
         return result
 
-    _report_errors("probe", out, body)
+    report_errors("probe", out, body)

@@ -26,15 +26,10 @@ assertion message.
 from __future__ import annotations
 
 import json
-import multiprocessing as mp
 import os
-import queue
 import signal
 import time
 from collections import Counter
-from collections.abc import Iterator
-from contextlib import contextmanager
-from typing import Any
 
 import pytest
 
@@ -42,67 +37,10 @@ from core.locks import LockService, lock_key
 from core.models import DistributedLock, InstanceInfo, StealClaim, StealingStats
 from core.store import CLAIMS, INSTANCES, LOCKS, STEALING_STATS, DirectoryStore, read_record
 from tests import procs_helpers as ph
+from tests.child_processes import CTX, fleet
 
-CTX = mp.get_context("spawn")
 START_TIMEOUT_S = 30  # spawning 9 interpreters on a loaded 2-core machine
 INSTANCE_KEY = "sess-01234567-pid4242-m0abcdef-wxyz"
-
-
-class Fleet:
-    """Child processes reporting on one queue; every child is killed on exit, whatever happened."""
-
-    def __init__(self) -> None:
-        self.out = CTX.Queue()
-        self.start = CTX.Event()
-        self.procs: list[Any] = []
-
-    def spawn(self, target: Any, *args: Any) -> Any:
-        proc = CTX.Process(target=target, args=(*args, self.out), daemon=True)
-        proc.start()
-        self.procs.append(proc)
-        return proc
-
-    def collect(self, tag: str, count: int, timeout_s: float) -> dict[str, Any]:
-        """``count`` messages tagged ``tag``, by worker name; a child's error fails the test at once."""
-        got: dict[str, Any] = {}
-        deadline = time.monotonic() + timeout_s
-        while len(got) < count:
-            left = deadline - time.monotonic()
-            try:
-                kind, name, payload = self.out.get(timeout=max(0.01, left))
-            except queue.Empty:
-                codes = {p.pid: p.exitcode for p in self.procs}
-                pytest.fail(f"waited {timeout_s}s for {count} {tag!r} messages, got {sorted(got)}; exit codes {codes}")
-            if kind == ph.ERROR:
-                pytest.fail(f"worker {name} failed:\n{payload}")
-            assert kind == tag, (kind, name)
-            assert name not in got, f"two {tag!r} messages from {name}"
-            got[name] = payload
-        return got
-
-    def join(self, timeout_s: float = 10) -> None:
-        deadline = time.monotonic() + timeout_s
-        for proc in self.procs:
-            proc.join(max(0.01, deadline - time.monotonic()))
-        codes = [p.exitcode for p in self.procs]
-        assert codes == [0] * len(codes), f"child exit codes {codes}"
-
-    def close(self) -> None:
-        for proc in self.procs:
-            if proc.is_alive():
-                proc.kill()
-            proc.join(5)
-        self.out.close()
-        self.out.join_thread()
-
-
-@contextmanager
-def fleet() -> Iterator[Fleet]:
-    f = Fleet()
-    try:
-        yield f
-    finally:
-        f.close()
 
 
 def overlaps(intervals: list[tuple[int, int, str]]) -> list[str]:

@@ -28,15 +28,10 @@ from __future__ import annotations
 import bisect
 import json
 import math
-import multiprocessing as mp
 import os
-import queue
 import signal
 import tempfile
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -54,60 +49,11 @@ from core.ratelimit import SharedRateLimiter
 from core.snapshot import SnapshotBuilder, Status
 from core.store import INSTANCES, PARALLELISM, DirectoryStore, read_record
 from tests import ratelimit_workers as rw
+from tests.child_processes import CTX, fleet
 
-CTX = mp.get_context("spawn")
 START_TIMEOUT_S = 30  # spawning interpreters on a loaded 2-core machine
 PROVIDER, MODEL = rw.PROVIDER, rw.MODEL
 KEY = f"{PROVIDER}:{MODEL}"
-
-
-class Fleet:
-    """Child processes reporting on one queue; every child is killed on exit, whatever happened."""
-
-    def __init__(self) -> None:
-        self.out = CTX.Queue()
-        self.procs: list[Any] = []
-
-    def spawn(self, target: Any, *args: Any) -> Any:
-        proc = CTX.Process(target=target, args=(*args, self.out), daemon=True)
-        proc.start()
-        self.procs.append(proc)
-        return proc
-
-    def collect(self, tag: str, count: int, timeout_s: float) -> dict[str, Any]:
-        """``count`` messages tagged ``tag``, by worker name; a child's error fails the test at once."""
-        got: dict[str, Any] = {}
-        deadline = time.monotonic() + timeout_s
-        while len(got) < count:
-            left = deadline - time.monotonic()
-            try:
-                kind, name, payload = self.out.get(timeout=max(0.01, left))
-            except queue.Empty:
-                codes = {p.pid: p.exitcode for p in self.procs}
-                pytest.fail(f"waited {timeout_s}s for {count} {tag!r} messages, got {sorted(got)}; exit codes {codes}")
-            if kind == rw.ERROR:
-                pytest.fail(f"worker {name} failed:\n{payload}")
-            assert kind == tag, (kind, name, payload)
-            assert name not in got, f"two {tag!r} messages from {name}"
-            got[name] = payload
-        return got
-
-    def close(self) -> None:
-        for proc in self.procs:
-            if proc.is_alive():
-                proc.kill()
-            proc.join(5)
-        self.out.close()
-        self.out.join_thread()
-
-
-@contextmanager
-def fleet() -> Iterator[Fleet]:
-    f = Fleet()
-    try:
-        yield f
-    finally:
-        f.close()
 
 
 def now_ms() -> int:
