@@ -15,7 +15,8 @@ Run with ``pytest tests/bench -m bench -s -k dashboard``.
      p50 <= 50 ms, p99 <= 150 ms;
    * *frame*: the end of the next compositor refresh after that
      (``Screen._compositor_refresh``, which renders the update; headless, it is
-     not written to a terminal).  Printed, and held to the same targets.
+     not written to a terminal).  Printed with a verdict against the same
+     figures, not asserted (the targets are defined on *applied*).
 
    A write whose value was never shown because a newer one overtook it counts
    until that newer value was shown.  The same run is repeated with watchfiles'
@@ -331,9 +332,10 @@ def test_dashboard_update_latency(monkeypatch: pytest.MonkeyPatch) -> None:
     print(
         f"targets (pi-dash, applied): p50 <= {LATENCY_P50_MS:.0f} ms {verdict(pct(ours.applied_ms, 50), LATENCY_P50_MS)}, "
         f"p99 <= {LATENCY_P99_MS:.0f} ms {verdict(pct(ours.applied_ms, 99), LATENCY_P99_MS)}; "
-        f"next frame: {'ok' if frame_ok else 'MISS'}"
+        f"next frame (printed only): p50 {pct(ours.frame_ms, 50):.1f} ms, p99 {pct(ours.frame_ms, 99):.1f} ms, "
+        f"{'within' if frame_ok else 'outside'} the same figures"
     )
-    if not (p50_ok and p99_ok and frame_ok):
+    if not (p50_ok and p99_ok):
         # Again, with py-spy sampling this very process (the dashboard's event loop is its main thread).
         seconds = LATENCY_ROUNDS + 1.5
         with tempfile.TemporaryDirectory() as name:
@@ -347,7 +349,6 @@ def test_dashboard_update_latency(monkeypatch: pytest.MonkeyPatch) -> None:
         )
     assert p50_ok, f"p50 {pct(ours.applied_ms, 50):.1f} ms > {LATENCY_P50_MS} ms"
     assert p99_ok, f"p99 {pct(ours.applied_ms, 99):.1f} ms > {LATENCY_P99_MS} ms"
-    assert frame_ok, f"next frame p50/p99 {pct(ours.frame_ms, 50):.1f}/{pct(ours.frame_ms, 99):.1f} ms"
 
 
 # ------------------------------------------------- 2. CPU and first frame
@@ -364,6 +365,7 @@ class TmuxDash:
         size = ("-x", str(width), "-y", str(height))
         self.tmux("new-session", "-d", "-s", "holder", *size, "sleep 3600")
         self.tmux("set-option", "-g", "default-size", f"{width}x{height}")
+        self.socket_path = self.tmux("display-message", "-p", "#{socket_path}").strip()
 
     def tmux(self, *args: str) -> str:
         # os.environ, not the process's C environment: something in pytest's process sets COLUMNS=80
@@ -406,6 +408,8 @@ class TmuxDash:
 
     def close(self) -> None:
         subprocess.run(["tmux", "-L", self.socket, "-f", "/dev/null", "kill-server"], capture_output=True)
+        if self.socket_path:
+            Path(self.socket_path).unlink(missing_ok=True)
 
 
 @dataclass
