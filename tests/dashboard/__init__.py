@@ -1,0 +1,1 @@
+"""Tests of the Textual dashboard (``pi-dash``): snapshots, pilot-driven actions, hostile directories."""
