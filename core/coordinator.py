@@ -301,22 +301,28 @@ class Coordinator:
         """Acknowledge a pending drain request (the heartbeat thread calls this every second)."""
         if self._info is None or self.draining:
             return
-        found = read_request(self.store, self._info.instance_id)
-        if found is None or found[0].acknowledged_at is not None:
-            return
-        request, seen = found
-        now = self.clock.now_ms()
-        self._update(draining_since=now)
-        update_request(self.store, request, seen, acknowledged_at=now)
+        with self._state:
+            found = read_request(self.store, self._info.instance_id)
+            if found is None or found[0].acknowledged_at is not None:
+                return
+            request, seen = found
+            now = self.clock.now_ms()
+            # Acknowledge first: once `draining` is visible the agent may finish
+            # at once, and its completion must find the acknowledgement written.
+            if not update_request(self.store, request, seen, acknowledged_at=now):
+                return  # changed meanwhile: look again next second
+            self._update(draining_since=now)
         self.events.emit("drain", f"{self._info.instance_id} is draining (requested by {request.requested_by})")
         log.info("draining, as %s asked", request.requested_by)
 
     def finish_drain(self) -> None:
         """Work is done: record that, then leave the fleet (the dashboard shows it offline)."""
         if self._info is not None:
-            found = read_request(self.store, self._info.instance_id)
-            if found is not None:
-                update_request(self.store, found[0], found[1], completed_at=self.clock.now_ms())
+            with self._state:
+                for _ in range(5):  # compare-and-swap: retried if the request changed meanwhile
+                    found = read_request(self.store, self._info.instance_id)
+                    if found is None or update_request(self.store, found[0], found[1], completed_at=self.clock.now_ms()):
+                        break
             self.events.emit("drain", f"{self._info.instance_id} drained and went offline")
         self.unregister()
 

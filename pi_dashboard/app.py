@@ -9,16 +9,18 @@ from __future__ import annotations
 
 import getpass
 import socket
+import time
 from collections.abc import Callable, Iterable
 
 from rich.text import Text
-from textual import on
+from textual import events, on
 from textual.app import App, ComposeResult
 from textual.binding import Binding
 from textual.command import DiscoveryHit, Hit, Hits, Provider
 from textual.containers import Container
 from textual.message import Message
 from textual.reactive import reactive
+from textual.timer import Timer
 from textual.widgets import Footer, Input, Static
 
 from core.clock import SYSTEM_CLOCK, Clock
@@ -52,6 +54,7 @@ SECONDARY_PANES = (
     ("events", "Events"),
     ("problems", "Problems"),
 )
+MIN_APPLY_INTERVAL_S = 0.05
 COMPACT_WIDTH = 120
 COMPACT_HEIGHT = 34
 DEFAULT_THEME = "pi-dark"
@@ -136,6 +139,8 @@ class PiDashApp(App[None]):
         self._held: SourceState | None = None
         self.shown_pane = 1
         self.theme_names: list[str] = []
+        self._apply_timer: Timer | None = None
+        self._last_apply = 0.0
 
     def _connect(self, store: Store) -> None:
         self.store = store
@@ -172,7 +177,7 @@ class PiDashApp(App[None]):
             self.theme = DEFAULT_THEME
         self.query_one("#instances").border_title = "Instances"
         for pane, title in SECONDARY_PANES:
-            self.query_one(f"#{pane}").border_title = f"{title} ({SECONDARY_PANES.index((pane, title)) + 1})"
+            self.query_one(f"#{pane}").border_title = title
         self._layout_for(self.size.width, self.size.height)
         self._render_state(self.source.build_now())
         for problem in problems:
@@ -184,8 +189,8 @@ class PiDashApp(App[None]):
     def on_unmount(self) -> None:
         self.source.stop()
 
-    def on_resize(self, event: object) -> None:
-        self._layout_for(self.size.width, self.size.height)
+    def on_resize(self, event: events.Resize) -> None:
+        self._layout_for(event.size.width, event.size.height)
 
     def _layout_for(self, width: int, height: int) -> None:
         """Small terminals show the instances and one other pane (keys 1..7 pick which)."""
@@ -194,16 +199,29 @@ class PiDashApp(App[None]):
         for number, (pane, _) in enumerate(SECONDARY_PANES, start=1):
             widget = self.query_one(f"#{pane}")
             widget.set_class(number == self.shown_pane, "-shown")
-            widget.border_subtitle = "keys 1-7: other panes" if compact else ""
+            widget.border_subtitle = f"{number} of 7 · keys 1-7 switch" if compact else ""
 
     # ------------------------------------------------------------- updates
     def _announce(self) -> None:
         self.post_message(SnapshotReady())
 
     def on_snapshot_ready(self, message: SnapshotReady) -> None:
+        """Apply the newest snapshot, at most every ``MIN_APPLY_INTERVAL_S``: a fleet that
+        changes fifty times a second needs no fifty redraws (the source keeps only the newest)."""
+        if self._apply_timer is not None:
+            return
+        wait = self._last_apply + MIN_APPLY_INTERVAL_S - time.monotonic()
+        if wait > 0:
+            self._apply_timer = self.set_timer(wait, self._apply_newest)
+        else:
+            self._apply_newest()
+
+    def _apply_newest(self) -> None:
+        self._apply_timer = None
         state = self.source.take()
         if state is None:
             return
+        self._last_apply = time.monotonic()
         if self.paused:
             self._held = state
         else:
@@ -254,10 +272,15 @@ class PiDashApp(App[None]):
         self.query_one(EventLogView).note(kind, message, self.clock.now_ms())
 
     def _after_action(self, ok: bool, message: str) -> None:
-        self.notify(printable(message), severity="information" if ok else "warning")
+        self.notify(printable(message), severity="information" if ok else "warning", markup=False)
         self.source.refresh()
         if not self.live:
             self._render_state(self.source.build_now())
+
+    @on(InstancesTable.RowSelected, "#instances")
+    def _instance_chosen(self, event: InstancesTable.RowSelected) -> None:
+        """Enter on the instances table (the table takes the key itself) opens the details."""
+        self.action_details()
 
     # ------------------------------------------------------------- actions
     def action_help(self) -> None:
@@ -305,7 +328,7 @@ class PiDashApp(App[None]):
         table = self.query_one(LocksTable)
         view = table.selected_lock
         if view is None or view.lock is None:
-            self.notify("Select a lock in the locks pane first (key 5 on small terminals).", severity="warning")
+            self.notify("Select a lock in the locks pane first (key 6 on small terminals).", severity="warning")
             return
         lock = view.lock
         question = Text("Release lock ")

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
+import signal
 import sys
 import tempfile
 from collections.abc import Sequence
@@ -142,7 +144,18 @@ def cmd_dashboard(args: argparse.Namespace, demo_now: bool = False) -> int:
     launcher = _DemoLauncher(getattr(args, "workers", 6))
     try:
         store = launcher() if demo_now else _store(args)
-        PiDashApp(store, start_demo=launcher).run()
+        app = PiDashApp(store, start_demo=launcher)
+
+        def hang_up(signum: int, frame: object) -> None:
+            # The terminal is gone (SIGHUP) or we are told to go (SIGTERM): there is
+            # no screen to restore (Textual would wait on it for ever), but the demo's
+            # processes and directory must still go.
+            launcher.stop()
+            os._exit(128 + signum)
+
+        for signum in (signal.SIGHUP, signal.SIGTERM):
+            signal.signal(signum, hang_up)
+        app.run()
     finally:
         launcher.stop()
     return 0

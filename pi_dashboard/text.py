@@ -45,14 +45,18 @@ def clip_left(text: str, width: int) -> str:
     return text if len(text) <= width else "…" + text[len(text) - width + 1 :]
 
 
-def duration(ms: int | None) -> str:
-    """A short human duration: ``850ms``, ``12s``, ``4m05s``, ``3h12m``, ``2d4h``."""
+def duration(ms: int | None, *, whole_seconds: bool = False) -> str:
+    """A short human duration: ``850ms``, ``12s``, ``4m05s``, ``3h12m``, ``2d4h``.
+
+    ``whole_seconds`` shows anything under a second as ``0s``: a value that then
+    changes once a second, not on every screen update.
+    """
     if ms is None:
         return "-"
     sign = "-" if ms < 0 else ""
     ms = abs(ms)
     if ms < 1000:
-        return f"{sign}{ms}ms"
+        return f"{sign}0s" if whole_seconds else f"{sign}{ms}ms"
     seconds = ms // 1000
     if seconds < 60:
         return f"{sign}{seconds}s"

@@ -42,7 +42,7 @@ def describe(view: InstanceView, snapshot: FleetSnapshot) -> list[Static]:
             ("pid", f"{info.pid} ({view.pid_running.value})"),
             ("session", info.session_id),
             ("cwd", info.cwd),
-            ("started", info.started_at.isoformat()),
+            ("started", info.started_at.strftime("%Y-%m-%d %H:%M:%S UTC")),
             ("pending", str(info.pending)),
             ("parallel limit", str(view.parallel_limit) if view.parallel_limit is not None else "-"),
             ("avg latency", f"{info.avg_latency_ms} ms" if info.avg_latency_ms is not None else "-"),

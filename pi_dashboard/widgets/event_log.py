@@ -44,6 +44,6 @@ class EventLogView(RichLog):
     def _line(self, event: FleetEvent) -> Text:
         stamp = datetime.fromtimestamp(event.at / 1000).strftime("%H:%M:%S")
         line = Text(f"{stamp} ", style="dim")
-        line.append(f"{event.kind:<12}", style=role_style(self.app, KIND_ROLE.get(event.kind, "primary")))
+        line.append(f"{event.kind:<12} ", style=role_style(self.app, KIND_ROLE.get(event.kind, "primary")))
         line.append(printable(event.message))
         return line

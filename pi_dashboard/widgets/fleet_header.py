@@ -35,13 +35,15 @@ class FleetHeader(Static):
         for status in Status:
             if counts.get(status):
                 text.append(f"{counts[status]} {status.value} ", style=status_style(self.app, status))
+        if snapshot.problems:
+            count = len(snapshot.problems)
+            text.append(f"│ {count} problem{'s' if count != 1 else ''}", style=role_style(self.app, "warning"))
+        text.append("\n")
         figures = snapshot.figures
+        text.append(f"pending {figures.total_pending} ")
         text.append(f"│ limit {figures.parallel_limit}/instance of {snapshot.config.total_max_llm} ")
-        text.append(f"│ pending {figures.total_pending} ")
         for rate in sorted(snapshot.rate_limits, key=lambda r: r.provider):
             backing_off = any(b.active for b in snapshot.backoffs if b.provider == rate.provider)
             style = role_style(self.app, "error") if backing_off else ""
             text.append(f"│ {printable(rate.provider)} {rate.used_last_minute}/{rate.effective_requests_per_minute:.0f} ", style=style)
-        if snapshot.problems:
-            text.append(f"│ {len(snapshot.problems)} problems", style=role_style(self.app, "warning"))
         self.update(text)

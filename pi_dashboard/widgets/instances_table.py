@@ -58,7 +58,7 @@ class InstancesTable(KeyedTable):
             Cell(printable(view.instance_id)),
             Cell(str(info.pid) if info else "", info.pid if info else 0),
             Cell(status, STATUS_ORDER[view.status], style=status_style(self.app, view.status)),
-            Cell(duration(age), age if age is not None else -1, justify="right"),
+            Cell(duration(age, whole_seconds=True), (age // 1000) if age is not None else -1, justify="right"),
             Cell(str(view.pending) if info else "", view.pending, justify="right"),
             Cell(str(view.parallel_limit) if view.parallel_limit is not None else "", justify="right"),
             Cell(latency, justify="right"),

@@ -42,6 +42,7 @@ class KeyedTable(DataTable):
         self._sort_column: str | None = None
         self._sort_key: Callable[[Any], Any] | None = None
         self._sort_reverse = False
+        self._widths = {key: len(label) for key, label in self.COLUMNS}
         for key, label in self.COLUMNS:
             self.add_column(label, key=key)
 
@@ -56,7 +57,14 @@ class KeyedTable(DataTable):
         """Make the table show exactly ``rows`` (key -> cells), touching only differences."""
         selected = self.selected_key
         changed = False
-        for key in [k for k in self._rows if k not in rows]:
+        gone = [k for k in self._rows if k not in rows]
+        if len(gone) > 50:
+            # Removing rows one by one costs more each time: start afresh instead.
+            self.clear()
+            self._rows = {}
+            gone = []
+            changed = True
+        for key in gone:
             self.remove_row(key)
             del self._rows[key]
             changed = True
@@ -65,11 +73,17 @@ class KeyedTable(DataTable):
             old = self._rows.get(key)
             if old is None:
                 self.add_row(*cells, key=key)
+                for column, cell in zip(columns, cells):
+                    self._widths[column] = max(self._widths[column], cell.cell_len)
                 changed = True
             elif old != cells:
                 for column, before, after in zip(columns, old, cells):
                     if before != after:
-                        self.update_cell(key, column, after, update_width=True)
+                        # Re-measuring a column costs a pass over every row: only when it must grow.
+                        wider = after.cell_len > self._widths[column]
+                        if wider:
+                            self._widths[column] = after.cell_len
+                        self.update_cell(key, column, after, update_width=wider)
                         changed = changed or column == self._sort_column
             self._rows[key] = cells
         if changed and self._sort_column is not None:

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from core.snapshot import FleetSnapshot, LockView
 
-from ..text import clip_middle, duration, printable
+from ..text import clip, clip_middle, duration, printable
 from .keyed_table import SHORT_ID, Cell, KeyedTable, by_value
 from .palette import role_style
 
 
 class LocksTable(KeyedTable):
-    COLUMNS = (("resource", "Resource"), ("holder", "Holder"), ("age", "Age"), ("ttl", "TTL left"))
+    COLUMNS = (("resource", "Resource"), ("ttl", "TTL left"), ("age", "Age"), ("holder", "Holder"))
 
     def __init__(self, **kwargs: object) -> None:
         super().__init__(**kwargs)
@@ -32,16 +32,16 @@ class LocksTable(KeyedTable):
             if lock is None:
                 rows[view.key] = (
                     Cell(printable(view.key)),
-                    Cell("?", style=role_style(self.app, "error")),
-                    Cell(""),
                     Cell(printable(view.problem or "unreadable"), style=role_style(self.app, "error")),
+                    Cell(""),
+                    Cell("?", style=role_style(self.app, "error")),
                 )
                 continue
             ttl = "expired" if view.expired else duration(view.ttl_left_ms)
             rows[view.key] = (
-                Cell(printable(lock.resource)),
-                Cell(clip_middle(printable(lock.holder), SHORT_ID)),
-                Cell(duration(view.age_ms), view.age_ms, justify="right"),
+                Cell(clip(printable(lock.resource), 26)),
                 Cell(ttl, view.ttl_left_ms, style=role_style(self.app, "warning") if view.expired else "", justify="right"),
+                Cell(duration(view.age_ms), view.age_ms, justify="right"),
+                Cell(clip_middle(printable(lock.holder), SHORT_ID)),
             )
         self.sync(rows)

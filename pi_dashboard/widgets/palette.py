@@ -13,7 +13,6 @@ _STATUS_ROLE = {
     Status.DEAD: "error",
     Status.CORRUPT: "error",
     Status.DRAINING: "accent",
-    Status.OFFLINE: "secondary",
 }
 
 
@@ -24,4 +23,6 @@ def role_style(app: App, role: str, bold: bool = False) -> Style:
 
 
 def status_style(app: App, status: Status) -> Style:
+    if status is Status.OFFLINE:
+        return Style(dim=True, italic=True)  # gone on purpose: quieter than any live state, in every theme
     return role_style(app, _STATUS_ROLE[status], bold=status in (Status.DEAD, Status.CORRUPT))

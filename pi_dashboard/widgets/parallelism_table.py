@@ -12,12 +12,12 @@ from .palette import role_style
 class ParallelismTable(KeyedTable):
     COLUMNS = (
         ("model", "Provider/model"),
-        ("instance", "Instance"),
         ("current", "Cur/Base"),
-        ("range", "Min-Max"),
-        ("flight", "Flight"),
         ("effective", "Eff"),
+        ("flight", "Flight"),
         ("health", "Health"),
+        ("range", "Min-Max"),
+        ("instance", "Instance"),
     )
 
     def on_mount(self) -> None:
@@ -33,14 +33,14 @@ class ParallelismTable(KeyedTable):
             key = f"{view.instance_id}\x1f{state.provider}:{state.model}"
             rows[key] = (
                 Cell(printable(f"{state.provider}/{state.model}"), (state.provider, state.model, view.instance_id)),
-                Cell(clip_middle(printable(view.instance_id), SHORT_ID)),
                 Cell(
                     f"{state.current_parallelism}/{state.base_parallelism}",
                     style=role_style(self.app, "warning") if reduced else "",
                 ),
-                Cell(f"{state.min_parallelism}-{state.max_parallelism}"),
-                Cell(str(state.active_requests), justify="right"),
                 Cell(str(state.effective_parallelism), justify="right"),
+                Cell(str(state.active_requests), justify="right"),
                 Cell(health, style=role_style(self.app, health_role)),
+                Cell(f"{state.min_parallelism}-{state.max_parallelism}"),
+                Cell(clip_middle(printable(view.instance_id), SHORT_ID)),
             )
         self.sync(rows)

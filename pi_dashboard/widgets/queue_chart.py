@@ -11,7 +11,7 @@ from core.snapshot import FleetSnapshot
 from ..text import clip, printable
 
 HISTORY_S = 300
-SAMPLE_EVERY_MS = 1000
+SAMPLE_EVERY_MS = 5000  # a replot costs more than a table update: five minutes in 60 points
 LINES = 4
 
 

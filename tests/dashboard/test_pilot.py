@@ -195,12 +195,6 @@ async def test_drain_a_real_coordinator_process(tmp_path: Path) -> None:
         worker.wait()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: Coordinator.check_control (core/coordinator.py:309-310) sets draining_since before it "
-    "records the acknowledgement, and finish_drain (:317-319) ignores a failed compare-and-swap: an agent "
-    "that finishes as soon as it sees `draining` can lose completedAt, and the dashboard never shows it offline",
-)
 def test_an_instant_drain_still_ends_offline(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The interleaving the real-process test above hits now and then, made deterministic."""
     root = tmp_path / "runtime"
@@ -439,11 +433,6 @@ async def test_theme_cycles_and_panes_follow(fleet: Path, frozen: ManualClock) -
 
 
 # ------------------------------------------------------------------ details
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: app.py binds enter to 'details' without priority; the focused InstancesTable "
-    "(a DataTable) binds enter to select_cursor first, and nothing handles RowSelected",
-)
 async def test_enter_opens_the_details_screen(fleet: Path, frozen: ManualClock) -> None:
     app = make_app(DirectoryStore(fleet), frozen)
     async with app.run_test(size=(160, 48)) as pilot:

@@ -119,25 +119,14 @@ async def test_user_text_is_shown_as_typed(app: PiDashApp) -> None:
 
 
 @pytest.mark.anyio
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG (layout): #header is 2 rows high (pi_dash.tcss) and FleetHeader's second line wraps at 80 "
-    "columns, so pending, provider usage (red while backing off) and the problem count land on a hidden third row",
-)
 async def test_small_terminal_header_keeps_the_problem_count(app: PiDashApp) -> None:
     async with app.run_test(size=(80, 24)) as pilot:
         await pilot.pause()
         shown = screen_text(app.export_screenshot())
-    assert "1 problems" in shown and "anthropic 20/40" in shown
+    assert "1 problem" in shown and "anthropic 20/40" in shown
 
 
 @pytest.mark.anyio
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG (layout): at 160x48 the locks pane is a quarter of the width and its Resource column "
-    "(steal:<instance id>) fills it: Holder, Age and TTL left ('expired') are scrolled out of sight, "
-    "so the operator cannot see which lock r would release",
-)
 async def test_wide_locks_pane_shows_which_locks_expired(app: PiDashApp) -> None:
     async with app.run_test(size=(160, 48)) as pilot:
         await pilot.pause()
