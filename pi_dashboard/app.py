@@ -187,6 +187,8 @@ class PiDashApp(App[None]):
         self.query_one(InstancesTable).focus()
 
     def on_unmount(self) -> None:
+        if self._apply_timer is not None:
+            self._apply_timer.stop()
         self.source.stop()
 
     def on_resize(self, event: events.Resize) -> None:
@@ -218,6 +220,8 @@ class PiDashApp(App[None]):
 
     def _apply_newest(self) -> None:
         self._apply_timer = None
+        if not self.is_running or self._closing:
+            return  # closing: the panes may already be gone
         state = self.source.take()
         if state is None:
             return

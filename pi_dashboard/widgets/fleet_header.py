@@ -5,21 +5,21 @@ from __future__ import annotations
 from datetime import datetime
 
 from rich.text import Text
-from textual.widgets import Static
 
 from core.snapshot import FleetSnapshot, Status
 
 from ..text import printable
 from .palette import role_style, status_style
+from .text_pane import TextPane
 
 
-class FleetHeader(Static):
+class FleetHeader(TextPane):
     def show(self, snapshot: FleetSnapshot | None, *, paused: bool, watching: str, error: str | None) -> None:
         text = Text()
         if snapshot is None:
             text.append("pi-dash  ", style="bold")
             text.append(printable(error or "starting..."), style=role_style(self.app, "error"))
-            self.update(text)
+            self.show_text(text)
             return
         stamp = datetime.fromtimestamp(snapshot.taken_at_ms / 1000).strftime("%H:%M:%S")
         text.append("pi-dash ", style="bold")
@@ -46,4 +46,4 @@ class FleetHeader(Static):
             backing_off = any(b.active for b in snapshot.backoffs if b.provider == rate.provider)
             style = role_style(self.app, "error") if backing_off else ""
             text.append(f"│ {printable(rate.provider)} {rate.used_last_minute}/{rate.effective_requests_per_minute:.0f} ", style=style)
-        self.update(text)
+        self.show_text(text)

@@ -3,21 +3,21 @@
 from __future__ import annotations
 
 from rich.text import Text
-from textual.widgets import Static
 
 from core.snapshot import FleetSnapshot
 
 from ..text import printable
 from .palette import role_style
+from .text_pane import TextPane
 
 SHOWN = 50
 
 
-class ProblemsPanel(Static):
+class ProblemsPanel(TextPane):
     def show(self, snapshot: FleetSnapshot) -> None:
         problems = snapshot.problems
         if not problems:
-            self.update(Text("no problems", style=role_style(self.app, "success")))
+            self.show_text(Text("no problems", style=role_style(self.app, "success")))
             return
         text = Text()
         for problem in problems[:SHOWN]:
@@ -25,4 +25,4 @@ class ProblemsPanel(Static):
             text.append(printable(f"{problem.where}: {problem.message}") + "\n")
         if len(problems) > SHOWN:
             text.append(f"... and {len(problems) - SHOWN} more", style="dim")
-        self.update(text)
+        self.show_text(text)

@@ -3,16 +3,16 @@
 from __future__ import annotations
 
 from rich.text import Text
-from textual.widgets import Static
 
 from core.snapshot import FleetSnapshot
 
 from ..text import printable
+from .text_pane import TextPane
 
 RECENT = 5
 
 
-class StealStats(Static):
+class StealStats(TextPane):
     def show(self, snapshot: FleetSnapshot) -> None:
         totals = snapshot.stealing
         text = Text()
@@ -26,4 +26,4 @@ class StealStats(Static):
             text.append("latest steals:\n", style="bold")
         for event in reversed(steals):
             text.append(printable(event.message) + "\n", style="dim")
-        self.update(text)
+        self.show_text(text)
