@@ -34,8 +34,8 @@ from .models import (
     StealClaim,
     StealingStats,
 )
-from .semantics import uses_model
 from .procs import Liveness, LivenessCache
+from .semantics import uses_model
 from .store import (
     BACKOFF,
     CLAIMS,

@@ -12,7 +12,6 @@ from core.clock import ManualClock
 from core.store import DirectoryStore
 
 FIXTURES = Path(__file__).parent / "fixtures"
-BACKENDS = ("directory", "redis")
 
 
 @pytest.fixture(scope="session")

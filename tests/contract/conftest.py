@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from tests.conftest import BACKENDS, make_store
+from tests.backends import BACKENDS
+from tests.conftest import make_store
 
 
 @pytest.fixture(params=BACKENDS)

@@ -30,7 +30,7 @@ def server(tmp_path):
 
 @pytest.mark.slow
 def test_no_lock_is_granted_twice_across_a_restart(server):
-    spec = ("redis", server.url, "restart")
+    spec = ("redis", server.url, "restart")  # a StoreSpec
     start, out = CTX.Event(), CTX.Queue()
     procs = [
         CTX.Process(target=workers.contend_through_outages, args=(spec, f"w{n}", 6.0, start, out)) for n in range(4)

@@ -15,6 +15,8 @@ from core.ratelimit import SharedRateLimiter
 from core.snapshot import SnapshotBuilder, Status
 from core.store import CLAIMS, INSTANCES, LOCKS, RATE_LIMITS
 
+from tests.backends import spec_of
+
 from . import workers
 
 CTX = multiprocessing.get_context("spawn")
@@ -101,7 +103,7 @@ def test_the_snapshot_reads_either_backend(any_store):
 
 @pytest.mark.slow
 def test_eight_processes_never_hold_one_lock_at_once(any_store):
-    spec = workers.spec_of(any_store)
+    spec = spec_of(any_store)
     start, out = CTX.Event(), CTX.Queue()
     procs = [CTX.Process(target=workers.contend, args=(spec, f"w{n}", 2.0, start, out)) for n in range(8)]
     for proc in procs:
@@ -129,7 +131,7 @@ def test_eight_thieves_claim_every_entry_exactly_once(any_store):
         for i in range(300)
     ]
     owner.broadcast_queue_state(300, 1, entries)
-    spec = workers.spec_of(any_store)
+    spec = spec_of(any_store)
     start, out = CTX.Event(), CTX.Queue()
     procs = [CTX.Process(target=workers.thief, args=(spec, f"t{n}", start, out)) for n in range(8)]
     for proc in procs:

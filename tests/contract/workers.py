@@ -8,26 +8,10 @@ from typing import Any
 
 from core.coordinator import Coordinator
 from core.locks import LockService
-from core.store import DirectoryStore, Store
+from tests.backends import StoreSpec, open_store
 
 
-def open_store(spec: tuple[str, str, str | None]) -> Store:
-    """Rebuild a store in a child process from ``(backend, root or url, prefix)``."""
-    backend, where, prefix = spec
-    if backend == "directory":
-        return DirectoryStore(where)
-    from core.store.redis_store import RedisStore
-
-    return RedisStore(where, prefix=prefix)
-
-
-def spec_of(store: Store) -> tuple[str, str, str | None]:
-    if isinstance(store, DirectoryStore):
-        return ("directory", str(store.root), None)
-    return ("redis", store.url, store.prefix)
-
-
-def contend(spec: tuple[str, str, str | None], name: str, seconds: float, start: Any, out: Any) -> None:
+def contend(spec: StoreSpec, name: str, seconds: float, start: Any, out: Any) -> None:
     """Take and release one lock for ``seconds``, recording each hold interval."""
     store = open_store(spec)
     service = LockService(store, name)
@@ -46,7 +30,7 @@ def contend(spec: tuple[str, str, str | None], name: str, seconds: float, start:
     out.put((name, holds))
 
 
-def thief(spec: tuple[str, str, str | None], name: str, start: Any, out: Any) -> None:
+def thief(spec: StoreSpec, name: str, start: Any, out: Any) -> None:
     """Steal until nothing is left to steal; report the entry ids taken."""
     store = open_store(spec)
     coordinator = Coordinator(store, env={})
@@ -65,7 +49,7 @@ def thief(spec: tuple[str, str, str | None], name: str, start: Any, out: Any) ->
     out.put((name, taken, os.getpid()))
 
 
-def contend_through_outages(spec: tuple[str, str, str | None], name: str, seconds: float, start: Any, out: Any) -> None:
+def contend_through_outages(spec: StoreSpec, name: str, seconds: float, start: Any, out: Any) -> None:
     """Like :func:`contend`, but the server may vanish: count the errors and keep going."""
     from core.store import StoreError
 

@@ -20,11 +20,9 @@ from typing import Any
 
 import pytest
 
-from core.clock import ManualClock
 from core.store import Store, StoreUnavailable
-from tests.distributed.workers import StoreSpec, open_store
+from tests.backends import BACKENDS, StoreSpec, open_store
 
-BACKENDS = ["directory", "redis"]
 SPAWN = mp.get_context("spawn")
 
 
@@ -43,11 +41,6 @@ def store_spec(request: pytest.FixtureRequest, tmp_path: Path) -> StoreSpec:
 @pytest.fixture
 def store(store_spec: StoreSpec) -> Store:
     return open_store(store_spec)
-
-
-@pytest.fixture
-def clock() -> ManualClock:
-    return ManualClock()
 
 
 class Sleeps(list):

@@ -3,8 +3,7 @@
 Spawned children unpickle their target by module name, so everything they run
 lives here (imported as ``tests.distributed.workers``).  A store is passed to
 a child as a *spec* and reopened with :func:`open_store`: adding a backend to
-the suite means adding a branch here and a name to ``BACKENDS`` in
-``conftest.py``.
+the suite means adding a branch to ``tests/backends.py``.
 """
 
 from __future__ import annotations
@@ -12,33 +11,10 @@ from __future__ import annotations
 import os
 import time
 import traceback
-from collections.abc import Callable
 from typing import Any
 
-from core.store import DirectoryStore, Store
-
-StoreSpec = tuple[str, ...]
-
-
-def open_store(spec: StoreSpec) -> Store:
-    """``("directory", root)`` or ``("redis", url, prefix)``."""
-    kind, *where = spec
-    if kind == "directory":
-        return DirectoryStore(*where)
-    if kind == "redis":
-        from core.store.redis_store import RedisStore
-
-        url, prefix = where
-        return RedisStore(url, prefix=prefix)
-    raise ValueError(f"unknown store backend {kind!r}")
-
-
-def _report(name: str, out: Any, body: Callable[[], Any]) -> None:
-    try:
-        out.put(("result", name, body()))
-    except BaseException:  # noqa: BLE001 - the parent must see the child's traceback
-        out.put(("error", name, traceback.format_exc()))
-
+from tests.backends import StoreSpec, open_store
+from tests.child_processes import report_errors
 
 def registry_hammer(spec: StoreSpec, worker_id: str, index: int, rounds: int, start: Any, out: Any) -> None:
     """Change one shared worker ``rounds`` times in three ways; lost updates show in the totals."""
@@ -54,7 +30,7 @@ def registry_hammer(spec: StoreSpec, worker_id: str, index: int, rounds: int, st
             registry.update_status(worker_id, "busy" if n % 2 else "active")
         return rounds
 
-    _report(f"hammer-{index}", out, body)
+    report_errors(f"hammer-{index}", out, body)
 
 
 def memory_writer(spec: StoreSpec, key: str, namespace: str, values: list[Any], gap_s: float, out: Any) -> None:
@@ -70,7 +46,7 @@ def memory_writer(spec: StoreSpec, key: str, namespace: str, values: list[Any], 
         memory.delete(key, namespace)
         return os.getpid()
 
-    _report("writer", out, body)
+    report_errors("writer", out, body)
 
 
 def doomed_worker(spec: StoreSpec, worker_id: str, tasks: list[str], interval_ms: int, out: Any) -> None:
