@@ -5,16 +5,16 @@ from __future__ import annotations
 from core.snapshot import FleetSnapshot
 
 from ..text import clip_middle, duration, printable
-from .keyed_table import SHORT_ID, Cell, KeyedTable, by_value
+from .keyed_table import SHORT_ID, Cell, Column, KeyedTable, by_value
 from .palette import role_style
 
 
 class BackoffTable(KeyedTable):
     COLUMNS = (
         ("model", "Provider/model"),
-        ("left", "Wait"),
-        ("count", "429s/5m"),
-        ("waiting", "Waiting"),
+        Column("left", "Wait", "right"),
+        Column("count", "429s/5m", "right"),
+        Column("waiting", "Waiting", "right"),
         ("by", "Last reported by"),
     )
 
@@ -31,11 +31,10 @@ class BackoffTable(KeyedTable):
                 Cell(
                     duration(view.remaining_ms) if view.active else "done",
                     view.remaining_ms,
-                    style=role_style(self.app, "error" if view.active else "success"),
-                    justify="right",
+                    style=role_style(self.app, "error" if view.active else "success")
                 ),
-                Cell(str(view.recent429s), justify="right"),
-                Cell(str(view.instances_waiting), justify="right"),
+                Cell(str(view.recent429s)),
+                Cell(str(view.instances_waiting)),
                 Cell(clip_middle(printable(view.last_reported_by or ""), SHORT_ID)),
             )
         self.sync(rows)

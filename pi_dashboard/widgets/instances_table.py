@@ -5,7 +5,7 @@ from __future__ import annotations
 from core.snapshot import FleetSnapshot, InstanceView, Status
 
 from ..text import duration, printable
-from .keyed_table import Cell, KeyedTable, Row, by_value
+from .keyed_table import Cell, Column, KeyedTable, Row, by_value
 from .palette import status_style
 
 STATUS_ORDER = {s: n for n, s in enumerate([Status.CORRUPT, Status.DEAD, Status.STALE, Status.DRAINING, Status.ALIVE, Status.OFFLINE])}
@@ -16,10 +16,10 @@ class InstancesTable(KeyedTable):
         ("id", "Instance"),
         ("pid", "PID"),
         ("status", "Status"),
-        ("beat", "Beat"),
-        ("pending", "Pend"),
-        ("limit", "Lim"),
-        ("latency", "Lat"),
+        Column("beat", "Beat", "right"),
+        Column("pending", "Pend", "right"),
+        Column("limit", "Lim", "right"),
+        Column("latency", "Lat", "right"),
         ("models", "Models"),
         ("cwd", "Cwd"),
     )
@@ -58,10 +58,10 @@ class InstancesTable(KeyedTable):
             Cell(printable(view.instance_id)),
             Cell(str(info.pid) if info else "", info.pid if info else 0),
             Cell(status, STATUS_ORDER[view.status], style=status_style(self.app, view.status)),
-            Cell(duration(age, whole_seconds=True), (age // 1000) if age is not None else -1, justify="right"),
-            Cell(str(view.pending) if info else "", view.pending, justify="right"),
-            Cell(str(view.parallel_limit) if view.parallel_limit is not None else "", justify="right"),
-            Cell(latency, justify="right"),
+            Cell(duration(age, whole_seconds=True), (age // 1000) if age is not None else -1),
+            Cell(str(view.pending) if info else "", view.pending),
+            Cell(str(view.parallel_limit) if view.parallel_limit is not None else ""),
+            Cell(latency),
             Cell(printable(models)),
             Cell(printable(info.cwd) if info else printable(view.problem or "")),
         )

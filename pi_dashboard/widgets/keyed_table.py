@@ -1,21 +1,39 @@
-"""A DataTable kept in step with keyed rows by changing only what differs.
+"""A keyed, sortable table that repaints only the screen lines whose cells changed.
 
-Rebuilding a table on every snapshot would flicker and lose the cursor and the
-scroll position; here rows are added, removed and individual cells updated in
-place, the cursor stays on the same row (by key, not by index) and the sort
-order is reapplied only when something changed.
+Textual's DataTable forgets every rendered line when one cell changes and
+repaints the whole table, so a fleet whose heartbeat ages tick every second
+cost a full repaint of every table every second.  Here each row's rendered line
+is cached by its key: a snapshot that changes three cells in three rows
+refreshes exactly those three screen lines, and an unchanged snapshot
+refreshes nothing.  The cursor follows its row (by key, not by index) through
+sorting, filtering and updates; the header stays on the first line while the
+body scrolls.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import Any, ClassVar, NamedTuple
 
+from rich.segment import Segment
+from rich.style import Style
 from rich.text import Text
-from textual.widgets import DataTable
+from textual import events
+from textual.binding import Binding
+from textual.geometry import Region, Size
+from textual.message import Message
+from textual.scroll_view import ScrollView
+from textual.strip import Strip
 
 Row = tuple[Text, ...]
 SHORT_ID = 28  # instance ids in panes other than the instances table are cut to this
+PADDING = 1  # blank cells either side of every cell
+
+
+class Column(NamedTuple):
+    key: str
+    label: str
+    justify: str = "left"  # "left" or "right" (counts and durations line up on the right)
 
 
 class Cell(Text):
@@ -25,81 +43,251 @@ class Cell(Text):
         super().__init__(text, **kwargs)
         self.sort_value = text if sort_value is None else sort_value
 
+    def __eq__(self, other: object) -> bool:
+        # Text compares characters and spans only: a new colour or sort value is a change too.
+        if not isinstance(other, Cell):
+            return NotImplemented
+        return (self.plain, self._spans, self.style, self.sort_value) == (other.plain, other._spans, other.style, other.sort_value)
+
+    __hash__ = None  # type: ignore[assignment]
+
 
 def by_value(cell: Any) -> Any:
     """Sort key for :class:`Cell` columns."""
     return cell.sort_value if isinstance(cell, Cell) else str(cell)
 
 
-class KeyedTable(DataTable):
-    """Subclasses declare ``COLUMNS`` ((key, label) pairs) and feed :meth:`sync`."""
+class KeyedTable(ScrollView, can_focus=True):
+    """Subclasses declare ``COLUMNS`` (:class:`Column` or (key, label) pairs) and feed :meth:`sync`."""
 
-    COLUMNS: Sequence[tuple[str, str]] = ()
+    COLUMNS: ClassVar[Sequence[tuple[str, ...]]] = ()
+    COMPONENT_CLASSES: ClassVar[set[str]] = {"keyed-table--header", "keyed-table--cursor", "keyed-table--even-row"}
+    BINDINGS: ClassVar[list[Binding]] = [
+        Binding("up", "move(-1)", "Up", show=False),
+        Binding("down", "move(1)", "Down", show=False),
+        Binding("pageup", "page(-1)", show=False),
+        Binding("pagedown", "page(1)", show=False),
+        Binding("home", "move(-1000000000)", show=False),
+        Binding("end", "move(1000000000)", show=False),
+        Binding("enter", "choose", "Details", show=False),
+    ]
+
+    class RowSelected(Message):
+        """Enter (or a click on the row under the cursor) chose ``key``."""
+
+        ALLOW_SELECTOR_MATCH = {"control"}
+
+        def __init__(self, table: KeyedTable, key: str) -> None:
+            super().__init__()
+            self.table = table
+            self.key = key
+
+        @property
+        def control(self) -> KeyedTable:
+            return self.table
 
     def __init__(self, **kwargs: Any) -> None:
-        super().__init__(cursor_type="row", zebra_stripes=True, **kwargs)
+        super().__init__(**kwargs)
+        self.columns = [Column(*spec) for spec in self.COLUMNS]
         self._rows: dict[str, Row] = {}
-        self._sort_column: str | None = None
-        self._sort_key: Callable[[Any], Any] | None = None
+        self._order: list[str] = []
+        self._index: dict[str, int] = {}
+        self._lines: dict[str, Strip] = {}  # rendered rows, full width, without the row's background
+        self._header: Strip | None = None
+        self._widths = [len(column.label) for column in self.columns]
+        self._cursor = 0
+        self._sort_column: int | None = None
+        self._sort_key: Callable[[Any], Any] = by_value
         self._sort_reverse = False
-        self._widths = {key: len(label) for key, label in self.COLUMNS}
-        for key, label in self.COLUMNS:
-            self.add_column(label, key=key)
+
+    # ------------------------------------------------------------- reading
+    @property
+    def row_count(self) -> int:
+        return len(self._order)
+
+    @property
+    def cursor_row(self) -> int:
+        return self._cursor
+
+    @property
+    def row_keys(self) -> list[str]:
+        """Row keys top to bottom, as shown."""
+        return list(self._order)
 
     @property
     def selected_key(self) -> str | None:
-        if not self._rows or self.cursor_row < 0 or self.cursor_row >= self.row_count:
-            return None
-        row_key, _ = self.coordinate_to_cell_key(self.cursor_coordinate)
-        return row_key.value
+        return self._order[self._cursor] if self._order else None
 
+    def get_row(self, key: str) -> Row:
+        return self._rows[key]
+
+    def get_row_index(self, key: str) -> int:
+        return self._index[key]
+
+    # ------------------------------------------------------------- updating
     def sync(self, rows: Mapping[str, Row]) -> None:
-        """Make the table show exactly ``rows`` (key -> cells), touching only differences."""
+        """Make the table show exactly ``rows`` (key -> cells), repainting only what differs."""
         selected = self.selected_key
-        changed = False
-        gone = [k for k in self._rows if k not in rows]
-        if len(gone) > 50:
-            # Removing rows one by one costs more each time: start afresh instead.
-            self.clear()
-            self._rows = {}
-            gone = []
-            changed = True
-        for key in gone:
-            self.remove_row(key)
-            del self._rows[key]
-            changed = True
-        columns = [key for key, _ in self.COLUMNS]
+        reshaped = rows.keys() != self._rows.keys()
+        changed: list[str] = []
+        reorder = reshaped
+        widths = list(self._widths)
         for key, cells in rows.items():
             old = self._rows.get(key)
-            if old is None:
-                self.add_row(*cells, key=key)
-                for column, cell in zip(columns, cells):
-                    self._widths[column] = max(self._widths[column], cell.cell_len)
-                changed = True
-            elif old != cells:
-                for column, before, after in zip(columns, old, cells):
-                    if before != after:
-                        # Re-measuring a column costs a pass over every row: only when it must grow.
-                        wider = after.cell_len > self._widths[column]
-                        if wider:
-                            self._widths[column] = after.cell_len
-                        self.update_cell(key, column, after, update_width=wider)
-                        changed = changed or column == self._sort_column
-            self._rows[key] = cells
-        if changed and self._sort_column is not None:
-            self.sort(self._sort_column, key=self._sort_key, reverse=self._sort_reverse)
-        if changed and selected in self._rows:
-            self.move_cursor(row=self.get_row_index(selected), animate=False)
+            if old == cells:
+                continue
+            changed.append(key)
+            self._lines.pop(key, None)
+            if self._sort_column is not None and (not old or old[self._sort_column] != cells[self._sort_column]):
+                reorder = True
+            for column, cell in enumerate(cells):
+                widths[column] = max(widths[column], cell.cell_len)
+        self._rows = dict(rows)
+        if reshaped:
+            # Rows came or went: columns may shrink too, and lines of the departed go.
+            widths = self._measure()
+            self._lines = {key: line for key, line in self._lines.items() if key in self._rows}
+        if not changed and not reshaped:
+            return
+        if widths != self._widths:
+            self._widths = widths
+            self._lines.clear()
+            self._header = None
+            reorder = True  # everything repaints anyway
+        if reorder:
+            self._reorder(selected)
+        else:
+            self._refresh_rows(changed)
 
-    def sort_by(self, column: str, key: Callable[[Any], Any] | None = None, reverse: bool = False) -> None:
-        self._sort_column, self._sort_key, self._sort_reverse = column, key, reverse
-        if self._rows:
-            selected = self.selected_key
-            self.sort(column, key=key, reverse=reverse)
-            if selected in self._rows:
-                self.move_cursor(row=self.get_row_index(selected), animate=False)
+    def sort_by(self, column: str, key: Callable[[Any], Any] = by_value, reverse: bool = False) -> None:
+        self._sort_column = next(n for n, c in enumerate(self.columns) if c.key == column)
+        self._sort_key, self._sort_reverse = key, reverse
+        self._reorder(self.selected_key)
 
     def restyle(self) -> None:
-        """Forget what is shown so the next :meth:`sync` rewrites every cell (theme change)."""
-        blank = tuple(Text() for _ in self.COLUMNS)
-        self._rows = {key: blank for key in self._rows}
+        """Forget every rendered line and cell so the next :meth:`sync` rebuilds them (theme change)."""
+        self._rows = {key: () for key in self._rows}
+        self._lines.clear()
+        self._header = None
+
+    def _measure(self) -> list[int]:
+        widths = [len(column.label) for column in self.columns]
+        for cells in self._rows.values():
+            for column, cell in enumerate(cells):
+                if cell.cell_len > widths[column]:
+                    widths[column] = cell.cell_len
+        return widths
+
+    def _reorder(self, selected: str | None) -> None:
+        keys = list(self._rows)
+        if self._sort_column is not None:
+            column, sort_key = self._sort_column, self._sort_key
+            keys.sort(key=lambda k: (sort_key(self._rows[k][column]), k), reverse=self._sort_reverse)
+        self._order = keys
+        self._index = {key: n for n, key in enumerate(keys)}
+        width = sum(w + 2 * PADDING for w in self._widths)
+        self.virtual_size = Size(width, len(keys) + 1)
+        if selected in self._index:
+            self._cursor = self._index[selected]
+        self._cursor = max(0, min(self._cursor, len(keys) - 1))
+        self._keep_cursor_visible()
+        self.refresh()
+
+    def _refresh_rows(self, keys: list[str]) -> None:
+        top, height = int(self.scroll_offset.y), self.size.height
+        for key in keys:
+            y = self._index[key] - top + 1
+            if 1 <= y < height:
+                self.refresh(Region(0, y, self.size.width, 1))
+
+    # ------------------------------------------------------------- cursor
+    def _move_to(self, index: int) -> None:
+        if not self._order:
+            return
+        index = max(0, min(index, len(self._order) - 1))
+        if index == self._cursor:
+            return
+        before, self._cursor = self._cursor, index
+        if not self._keep_cursor_visible():
+            self._refresh_rows([self._order[before], self._order[index]])
+
+    def _keep_cursor_visible(self) -> bool:
+        """Scroll so the cursor's row is on screen; True when that scrolled (a full repaint)."""
+        body = max(1, self.scrollable_content_region.height - 1)
+        top = int(self.scroll_offset.y)
+        if self._cursor < top:
+            target = self._cursor
+        elif self._cursor >= top + body:
+            target = self._cursor - body + 1
+        else:
+            return False
+        self.scroll_to(y=target, animate=False)
+        return True
+
+    def action_move(self, rows: int) -> None:
+        self._move_to(self._cursor + rows)
+
+    def action_page(self, pages: int) -> None:
+        self._move_to(self._cursor + pages * max(1, self.scrollable_content_region.height - 1))
+
+    def action_choose(self) -> None:
+        if self.selected_key is not None:
+            self.post_message(self.RowSelected(self, self.selected_key))
+
+    def on_click(self, event: events.Click) -> None:
+        offset = event.get_content_offset(self)
+        if offset is None or offset.y < 1:
+            return
+        index = int(self.scroll_offset.y) + offset.y - 1
+        if index >= len(self._order):
+            return
+        if index == self._cursor:
+            self.action_choose()
+        else:
+            self._move_to(index)
+
+    # ------------------------------------------------------------- rendering
+    def render_line(self, y: int) -> Strip:
+        left, top = self.scroll_offset
+        width = self.size.width
+        if y == 0:
+            style = self._style("keyed-table--header")
+            return self._header_line().crop_extend(left, left + width, style).apply_style(style)
+        index = top + y - 1
+        if index >= len(self._order):
+            return Strip.blank(width, self.rich_style)
+        key = self._order[index]
+        line = self._lines.get(key)
+        if line is None:
+            line = self._lines[key] = self._render_cells(self._rows[key])
+        if index == self._cursor:
+            style = self._style("keyed-table--cursor")
+            if not self.has_focus:
+                return line.crop_extend(left, left + width, style).apply_style(style)
+            # Focused: over the cells' own colours, so the row being worked on reads plainly.
+            return Strip(Segment.apply_style(line.crop_extend(left, left + width, style), post_style=style), width)
+        if index % 2:
+            style = self._style("keyed-table--even-row")
+        else:
+            style = self.rich_style
+        return line.crop_extend(left, left + width, style).apply_style(style)
+
+    def _style(self, component: str) -> Style:
+        return self.get_component_rich_style(component)
+
+    def _header_line(self) -> Strip:
+        if self._header is None:
+            self._header = self._render_cells([Text(column.label) for column in self.columns])
+        return self._header
+
+    def _render_cells(self, cells: Sequence[Text]) -> Strip:
+        line = Text(no_wrap=True, end="")
+        pad = " " * PADDING
+        for column, width, cell in zip(self.columns, self._widths, cells):
+            gap = " " * (width - cell.cell_len)
+            right = (cell.justify or column.justify) == "right"
+            line.append(pad + gap if right else pad)
+            line.append_text(cell)
+            line.append(pad if right else gap + pad)
+        total = sum(w + 2 * PADDING for w in self._widths)
+        return Strip(line.render(self.app.console), total)

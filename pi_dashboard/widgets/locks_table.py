@@ -5,12 +5,12 @@ from __future__ import annotations
 from core.snapshot import FleetSnapshot, LockView
 
 from ..text import clip, clip_middle, duration, printable
-from .keyed_table import SHORT_ID, Cell, KeyedTable, by_value
+from .keyed_table import SHORT_ID, Cell, Column, KeyedTable, by_value
 from .palette import role_style
 
 
 class LocksTable(KeyedTable):
-    COLUMNS = (("resource", "Resource"), ("ttl", "TTL left"), ("age", "Age"), ("holder", "Holder"))
+    COLUMNS = (("resource", "Resource"), Column("ttl", "TTL left", "right"), Column("age", "Age", "right"), ("holder", "Holder"))
 
     def __init__(self, **kwargs: object) -> None:
         super().__init__(**kwargs)
@@ -40,8 +40,8 @@ class LocksTable(KeyedTable):
             ttl = "expired" if view.expired else duration(view.ttl_left_ms)
             rows[view.key] = (
                 Cell(clip(printable(lock.resource), 26)),
-                Cell(ttl, view.ttl_left_ms, style=role_style(self.app, "warning") if view.expired else "", justify="right"),
-                Cell(duration(view.age_ms), view.age_ms, justify="right"),
+                Cell(ttl, view.ttl_left_ms, style=role_style(self.app, "warning") if view.expired else ""),
+                Cell(duration(view.age_ms), view.age_ms),
                 Cell(clip_middle(printable(lock.holder), SHORT_ID)),
             )
         self.sync(rows)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from core.snapshot import FleetSnapshot
 
 from ..text import clip_middle, printable
-from .keyed_table import SHORT_ID, Cell, KeyedTable, by_value
+from .keyed_table import SHORT_ID, Cell, Column, KeyedTable, by_value
 from .palette import role_style
 
 
@@ -13,8 +13,8 @@ class ParallelismTable(KeyedTable):
     COLUMNS = (
         ("model", "Provider/model"),
         ("current", "Cur/Base"),
-        ("effective", "Eff"),
-        ("flight", "Flight"),
+        Column("effective", "Eff", "right"),
+        Column("flight", "Flight", "right"),
         ("health", "Health"),
         ("range", "Min-Max"),
         ("instance", "Instance"),
@@ -37,8 +37,8 @@ class ParallelismTable(KeyedTable):
                     f"{state.current_parallelism}/{state.base_parallelism}",
                     style=role_style(self.app, "warning") if reduced else "",
                 ),
-                Cell(str(state.effective_parallelism), justify="right"),
-                Cell(str(state.active_requests), justify="right"),
+                Cell(str(state.effective_parallelism)),
+                Cell(str(state.active_requests)),
                 Cell(health, style=role_style(self.app, health_role)),
                 Cell(f"{state.min_parallelism}-{state.max_parallelism}"),
                 Cell(clip_middle(printable(view.instance_id), SHORT_ID)),

@@ -9,9 +9,9 @@ Run with ``pytest tests/bench -m bench -s -k dashboard``.
    right after each ``os.replace``.  The dashboard runs in this process, headless
    (``app.run_test(size=(160, 48))``, ``live=True``).  Two instants are taken:
 
-   * *applied*: ``KeyedTable.update_cell`` of the "pending" column called with
-     that value (or a newer one) on the instances table: the value is in the
-     widget, and Textual repaints it on its next frame.  Targets asserted here:
+   * *applied*: ``KeyedTable.sync`` of the instances table returned with that
+     value (or a newer one) in the "pending" column: the value is in the widget,
+     and its screen line is marked for Textual's next frame.  Targets asserted here:
      p50 <= 50 ms, p99 <= 150 ms;
    * *frame*: the end of the next compositor refresh after that
      (``Screen._compositor_refresh``, which renders the update; headless, it is
@@ -195,15 +195,18 @@ async def _drive(run: LatencyRun, root: Path, writer: Writer) -> None:
     async with app.run_test(size=(160, 48)):
         instances = app.query_one(InstancesTable)
         assert instances.row_count == LATENCY_INSTANCES, instances.row_count
-        real_update = instances.update_cell
+        real_sync = instances.sync
+        pending = [c.key for c in instances.columns].index("pending")
 
-        def spy_update(row_key, column_key, value, *, update_width=False):  # type: ignore[no-untyped-def]
-            result = real_update(row_key, column_key, value, update_width=update_width)
-            if column_key == "pending":
-                run.applied[str(row_key)].append((time.time_ns(), int(str(value))))
-            return result
+        def spy_sync(rows):  # type: ignore[no-untyped-def]
+            before = {key: instances.get_row(key)[pending].plain for key in instances.row_keys}
+            real_sync(rows)
+            now = time.time_ns()
+            for key, cells in rows.items():
+                if cells[pending].plain != before.get(key):
+                    run.applied[key].append((now, int(cells[pending].plain)))
 
-        instances.update_cell = spy_update  # type: ignore[method-assign]
+        instances.sync = spy_sync  # type: ignore[method-assign]
         screen = app.screen
         real_refresh = screen._compositor_refresh
 

@@ -339,7 +339,7 @@ def make_app(store: DirectoryStore, clock: object = None, **options: object) -> 
 # ------------------------------------------------------------------- reading
 def row_keys(table: KeyedTable) -> list[str]:
     """Row keys top to bottom, as shown."""
-    return [row.key.value for row in table.ordered_rows]
+    return table.row_keys
 
 
 def row_text(table: KeyedTable, key: str) -> list[str]:
