@@ -26,6 +26,7 @@ held a lock before the restart has lost it by then.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import threading
 import time
@@ -36,6 +37,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import redis
 from redis.backoff import ExponentialBackoff
+from redis.connection import AbstractConnection
 from redis.retry import Retry
 
 from .base import ALL_SPACES, REFUSED, Blob, EntryUnreadable, Space, Store, StoreError, StoreUnavailable, Updater, Version
@@ -224,7 +226,7 @@ class RedisStore(Store):
         )
         self._channel = f"{self.prefix}:changes"
         self._scripts = {
-            name: self._client.register_script(body)
+            name: _Script(body)
             for name, body in (
                 ("write", _WRITE),
                 ("create", _CREATE),
@@ -239,7 +241,9 @@ class RedisStore(Store):
         self._server_checked = 0.0
         self._run_id: str | None = None
         self._grants_frozen_until = 0.0
-        self._last_seen: dict[str, bytes | None] = {}  # update()'s guesses of current values
+        self._last_seen: dict[bytes, bytes | None] = {}  # update()'s guesses of current values
+        self._idle: list[AbstractConnection] = []  # the script connections (see _eval)
+        self._idle_pid = os.getpid()
 
     def __repr__(self) -> str:
         return f"RedisStore({self._where!r}, prefix={self.prefix!r})"
@@ -272,14 +276,56 @@ class RedisStore(Store):
     def _modified_key(self, space: Space) -> str:
         return f"{self.prefix}:m:{space.name}"
 
-    def _keys(self, space: Space, key: str) -> list[str]:
-        return [self._entry(space, key), self._versions_key(space), self._modified_key(space)]
+    def _keys(self, space: Space, key: str) -> list[bytes]:
+        """A script's KEYS, encoded as redis-py would (UTF-8, strict)."""
+        return [self._entry(space, key).encode(), self._versions_key(space).encode(), self._modified_key(space).encode()]
 
     def _mutate(self, script: str, space: Space, key: str, data: bytes = b"", expected: bytes | None = None) -> Any:
         """Run one mutation script: ARGV is data, field[, expected]."""
-        args = [data, key] if expected is None else [data, key, expected]
-        keys = self._keys(space, key)
-        return self._call(lambda: self._scripts[script](keys=keys, args=args))
+        field = key.encode()
+        return self._eval(script, self._keys(space, key), [data, field] if expected is None else [data, field, expected])
+
+    def _eval(self, name: str, keys: list[bytes], args: list[bytes]) -> Any:
+        """EVALSHA on a connection of this store's own, with redis-py's retries.
+
+        Scripts are the hot path (every lock, claim and rate decision), and on
+        a local server redis-py's command path costs more than the round trip
+        itself: a pool checkout polls the socket and checks the pid twice,
+        then records metrics.  Here a connection is popped from a plain list
+        (atomic under the GIL, so threads never share one) and put back only
+        after a complete exchange; any failure drops it.
+        """
+        script = self._scripts[name]
+        command = _pack(b"EVALSHA", script.sha, b"%d" % len(keys), *keys, *args)
+        conn = self._connection()
+
+        def exchange() -> Any:
+            conn.send_packed_command([command])
+            try:
+                return conn.read_response()
+            except redis.exceptions.NoScriptError:  # a new or restarted server
+                conn.send_packed_command([_pack(b"SCRIPT", b"LOAD", script.body)])
+                conn.read_response()
+                conn.send_packed_command([command])
+                return conn.read_response()
+
+        with self._errors():
+            try:
+                reply = conn.retry.call_with_retry(exchange, lambda _: conn.disconnect())
+            except BaseException:
+                conn.disconnect()
+                raise
+        self._idle.append(conn)
+        return reply
+
+    def _connection(self) -> AbstractConnection:
+        if self._idle_pid != os.getpid():  # forked: the parent's sockets are not ours
+            self._idle, self._idle_pid = [], os.getpid()
+        try:
+            return self._idle.pop()
+        except IndexError:
+            pool = self._client.connection_pool
+            return pool.connection_class(**pool.connection_kwargs)
 
     # ------------------------------------------------------------- reading
     def check(self) -> None:
@@ -396,7 +442,8 @@ class RedisStore(Store):
         (a provider's rate limiter) costs one round trip when this process was
         the last to change it, and two when another was.
         """
-        entry = self._entry(space, key)
+        keys = self._keys(space, key)
+        entry = keys[0]
         if entry in self._last_seen:
             before = self._last_seen[entry]
         else:
@@ -406,15 +453,13 @@ class RedisStore(Store):
             if after is None or after == before:
                 self._remember(entry, before)
                 return before
-            keys = self._keys(space, key)
-            args = [after, key, before or b"", b"1" if before is None else b"0"]
-            result = self._call(lambda: self._scripts["swap"](keys=keys, args=args))
+            result = self._eval("swap", keys, [after, key.encode(), before or b"", b"1" if before is None else b"0"])
             if int(result[0]) == 1:
                 self._remember(entry, after)
                 return after
             before = result[2] if int(result[1]) else None
 
-    def _remember(self, entry: str, value: bytes | None) -> None:
+    def _remember(self, entry: bytes, value: bytes | None) -> None:
         if len(self._last_seen) >= LAST_SEEN_KEPT:
             self._last_seen.pop(next(iter(self._last_seen)))
         self._last_seen[entry] = value
@@ -425,11 +470,9 @@ class RedisStore(Store):
         Returns ``(now, start or None, bucket, old effective limit, new effective limit)``.
         """
         keys = self._keys(space, key)
-        entry = keys[0]
-        args = [key, plan, repr(float(now_ms))]
-        reply = self._call(lambda: self._scripts["reserve_rate"](keys=keys, args=args))
+        reply = self._eval("reserve_rate", keys, [key.encode(), plan, repr(float(now_ms)).encode()])
         now, start, bucket, old, new = reply.decode().split("\n")
-        self._last_seen.pop(entry, None)
+        self._last_seen.pop(keys[0], None)
         return float(now), (float(start) if start else None), bucket, float(old), float(new)
 
     # --------------------------------------------------------------- events
@@ -498,6 +541,21 @@ class RedisChangeFeed:
             self._pubsub.close()
         except redis.RedisError:
             pass
+
+
+class _Script:
+    """A Lua script as EVALSHA wants it: its body (to load it) and its SHA-1."""
+
+    __slots__ = ("body", "sha")
+
+    def __init__(self, text: str) -> None:
+        self.body = text.encode()
+        self.sha = hashlib.sha1(self.body).hexdigest().encode()
+
+
+def _pack(*args: bytes) -> bytes:
+    """One command in RESP: what redis-py's packer makes of byte strings, minus its type checks."""
+    return b"*%d\r\n" % len(args) + b"".join(b"$%d\r\n%s\r\n" % (len(arg), arg) for arg in args)
 
 
 def _chunks(items: Iterator[Any], size: int) -> Iterator[list[Any]]:
