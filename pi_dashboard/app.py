@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import getpass
 import socket
-import time
 from collections.abc import Callable, Iterable
 
 from rich.text import Text
@@ -20,7 +19,6 @@ from textual.command import DiscoveryHit, Hit, Hits, Provider
 from textual.containers import Container
 from textual.message import Message
 from textual.reactive import reactive
-from textual.timer import Timer
 from textual.widgets import Footer, Input, Static
 
 from core.clock import SYSTEM_CLOCK, Clock
@@ -54,7 +52,6 @@ SECONDARY_PANES = (
     ("events", "Events"),
     ("problems", "Problems"),
 )
-MIN_APPLY_INTERVAL_S = 0.05
 COMPACT_WIDTH = 120
 COMPACT_HEIGHT = 34
 DEFAULT_THEME = "pi-dark"
@@ -139,8 +136,6 @@ class PiDashApp(App[None]):
         self._held: SourceState | None = None
         self.shown_pane = 1
         self.theme_names: list[str] = []
-        self._apply_timer: Timer | None = None
-        self._last_apply = 0.0
 
     def _connect(self, store: Store) -> None:
         self.store = store
@@ -187,8 +182,6 @@ class PiDashApp(App[None]):
         self.query_one(InstancesTable).focus()
 
     def on_unmount(self) -> None:
-        if self._apply_timer is not None:
-            self._apply_timer.stop()
         self.source.stop()
 
     def on_resize(self, event: events.Resize) -> None:
@@ -208,24 +201,12 @@ class PiDashApp(App[None]):
         self.post_message(SnapshotReady())
 
     def on_snapshot_ready(self, message: SnapshotReady) -> None:
-        """Apply the newest snapshot, at most every ``MIN_APPLY_INTERVAL_S``: a fleet that
-        changes fifty times a second needs no fifty redraws (the source keeps only the newest)."""
-        if self._apply_timer is not None:
-            return
-        wait = self._last_apply + MIN_APPLY_INTERVAL_S - time.monotonic()
-        if wait > 0:
-            self._apply_timer = self.set_timer(wait, self._apply_newest)
-        else:
-            self._apply_newest()
-
-    def _apply_newest(self) -> None:
-        self._apply_timer = None
+        """Apply the newest state (the source builds at most twenty a second and keeps only the newest)."""
         if not self.is_running or self._closing:
             return  # closing: the panes may already be gone
         state = self.source.take()
         if state is None:
             return
-        self._last_apply = time.monotonic()
         if self.paused:
             self._held = state
         else:

@@ -71,7 +71,9 @@ class InstancesTable(KeyedTable):
         needle = self.filter_text.lower()
         rows = {}
         for view in snapshot.instances:
-            row = self._row(view, unanswered)
+            age_s = view.heartbeat_age_ms // 1000 if view.heartbeat_age_ms is not None else None
+            source = (view.info, view.status, age_s, view.parallel_limit, view.problem, view.instance_id in unanswered)
+            row = self.row_for(view.key, source, lambda: self._row(view, unanswered))
             if needle and not any(needle in cell.plain.lower() for cell in row):
                 continue
             rows[view.key] = row

@@ -28,6 +28,7 @@ from textual.strip import Strip
 Row = tuple[Text, ...]
 SHORT_ID = 28  # instance ids in panes other than the instances table are cut to this
 PADDING = 1  # blank cells either side of every cell
+PAD = Segment(" " * PADDING)
 
 
 class Column(NamedTuple):
@@ -94,6 +95,8 @@ class KeyedTable(ScrollView, can_focus=True):
         self._index: dict[str, int] = {}
         self._lines: dict[str, Strip] = {}  # rendered rows, full width, without the row's background
         self._header: Strip | None = None
+        self._styles: dict[str, Style] = {}  # component class ("" for the body) -> its style, until styles change
+        self._built: dict[str, tuple[object, Row]] = {}  # key -> (what its row was built from, the row)
         self._widths = [len(column.label) for column in self.columns]
         self._cursor = 0
         self._sort_column: int | None = None
@@ -134,7 +137,7 @@ class KeyedTable(ScrollView, can_focus=True):
         widths = list(self._widths)
         for key, cells in rows.items():
             old = self._rows.get(key)
-            if old == cells:
+            if old is cells or old == cells:
                 continue
             changed.append(key)
             self._lines.pop(key, None)
@@ -147,6 +150,7 @@ class KeyedTable(ScrollView, can_focus=True):
             # Rows came or went: columns may shrink too, and lines of the departed go.
             widths = self._measure()
             self._lines = {key: line for key, line in self._lines.items() if key in self._rows}
+            self._built = {key: built for key, built in self._built.items() if key in self._rows}
         if not changed and not reshaped:
             return
         if widths != self._widths:
@@ -159,6 +163,19 @@ class KeyedTable(ScrollView, can_focus=True):
         else:
             self._refresh_rows(changed)
 
+    def row_for(self, key: str, source: object, build: Callable[[], Row]) -> Row:
+        """The row for ``key``, rebuilt only when ``source`` (what it shows) differs from last time.
+
+        Building cells is most of a table's cost; at twenty snapshots a second
+        nearly every row is what it was.
+        """
+        built = self._built.get(key)
+        if built is not None and built[0] == source:
+            return built[1]
+        row = build()
+        self._built[key] = (source, row)
+        return row
+
     def sort_by(self, column: str, key: Callable[[Any], Any] = by_value, reverse: bool = False) -> None:
         self._sort_column = next(n for n, c in enumerate(self.columns) if c.key == column)
         self._sort_key, self._sort_reverse = key, reverse
@@ -167,6 +184,7 @@ class KeyedTable(ScrollView, can_focus=True):
     def restyle(self) -> None:
         """Forget every rendered line and cell so the next :meth:`sync` rebuilds them (theme change)."""
         self._rows = {key: () for key in self._rows}
+        self._built.clear()
         self._lines.clear()
         self._header = None
 
@@ -255,7 +273,7 @@ class KeyedTable(ScrollView, can_focus=True):
             return self._header_line().crop_extend(left, left + width, style).apply_style(style)
         index = top + y - 1
         if index >= len(self._order):
-            return Strip.blank(width, self.rich_style)
+            return Strip.blank(width, self._style(""))
         key = self._order[index]
         line = self._lines.get(key)
         if line is None:
@@ -269,11 +287,19 @@ class KeyedTable(ScrollView, can_focus=True):
         if index % 2:
             style = self._style("keyed-table--even-row")
         else:
-            style = self.rich_style
+            style = self._style("")
         return line.crop_extend(left, left + width, style).apply_style(style)
 
     def _style(self, component: str) -> Style:
-        return self.get_component_rich_style(component)
+        style = self._styles.get(component)
+        if style is None:
+            style = self._styles[component] = self.rich_style if component == "" else self.get_component_rich_style(component)
+        return style
+
+    def notify_style_update(self) -> None:
+        # Focus, theme or CSS changed: the row, cursor and header styles follow.
+        super().notify_style_update()
+        self._styles.clear()
 
     def _header_line(self) -> Strip:
         if self._header is None:
@@ -281,13 +307,15 @@ class KeyedTable(ScrollView, can_focus=True):
         return self._header
 
     def _render_cells(self, cells: Sequence[Text]) -> Strip:
-        line = Text(no_wrap=True, end="")
-        pad = " " * PADDING
+        console = self.app.console
+        segments: list[Segment] = []
         for column, width, cell in zip(self.columns, self._widths, cells):
-            gap = " " * (width - cell.cell_len)
+            gap = width - cell.cell_len
             right = (cell.justify or column.justify) == "right"
-            line.append(pad + gap if right else pad)
-            line.append_text(cell)
-            line.append(pad if right else gap + pad)
-        total = sum(w + 2 * PADDING for w in self._widths)
-        return Strip(line.render(self.app.console), total)
+            segments.append(Segment(" " * (PADDING + gap)) if right else PAD)
+            if cell.spans or not isinstance(cell.style, Style):
+                segments.extend(cell.render(console))
+            else:
+                segments.append(Segment(cell.plain, cell.style))  # the usual cell: one style, no spans
+            segments.append(PAD if right else Segment(" " * (gap + PADDING)))
+        return Strip(segments, sum(w + 2 * PADDING for w in self._widths))

@@ -20,8 +20,8 @@ Run with ``pytest tests/bench -m bench -s -k dashboard``.
 
    A write whose value was never shown because a newer one overtook it counts
    until that newer value was shown.  The same run is repeated with watchfiles'
-   defaults (debounce 1600 ms, step 50 ms; ``pi_dashboard.source.STEP_MS`` is
-   patched for it) and with only the debounce at 1600 ms, and the ratios printed.
+   defaults (debounce 1600 ms, step 50 ms; ``pi_dashboard.source.STEP_MS`` and
+   ``IDLE_STEP_MS`` are patched for it) and with only the debounce at 1600 ms, and the ratios printed.
 
 2. **CPU and first frame** of ``pi-dash --root DIR`` run for real in a tmux pane
    (a private tmux server, ``tmux -L``), measured with psutil over 20 s after a
@@ -246,6 +246,7 @@ def measure_latency(label: str, debounce_ms: int, step_ms: int, monkeypatch: pyt
         try:
             with monkeypatch.context() as patch:
                 patch.setattr(source_module, "STEP_MS", step_ms)
+                patch.setattr(source_module, "IDLE_STEP_MS", max(step_ms, source_module.IDLE_STEP_MS))
                 asyncio.run(_drive(run, root, writer))
         finally:
             writer.stop()
