@@ -42,7 +42,7 @@ import functools
 import json
 import math
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 from .clock import SYSTEM_CLOCK, Clock
 from .events import EventLog
@@ -103,7 +103,16 @@ class ReservePlan:
     quiet_ms: int
 
     def to_json(self) -> bytes:
-        return json.dumps({**asdict(self), "grant_slot_s": GRANT_SLOT_S}, separators=(",", ":")).encode()
+        """The plan as the Redis script reads it (``RESERVE_RATE`` in
+        core/store/redis_store.py): one array, numbers in a fixed order, then each
+        bucket as name, share, burst, the model's first (name "" if none)."""
+        model = self.model or BucketSpec("", 0, 0)
+        values = [
+            self.provider, self.period_ms, self.horizon_ms, self.requests_per_minute, self.burst, self.fresh_effective,
+            self.adaptive, self.high, self.recovery_factor, self.quiet_ms, GRANT_SLOT_S,
+            *(value for spec in (model, *self.paths) for value in (spec.name, spec.share, spec.burst)),
+        ]  # fmt: skip
+        return json.dumps(values, separators=(",", ":")).encode()
 
 
 @dataclass(frozen=True, slots=True)

@@ -104,54 +104,55 @@ if current == false then return {0, 0, ''} end
 return {0, 1, current}
 """
 # One GCRA reservation, the same step as core.ratelimit.gcra_step, on the
-# provider's JSON state.  ARGV: field, channel, message, plan (JSON), now (ms).
+# provider's JSON state.  ARGV: field, now (ms), ReservePlan.to_json(): an array
+# (cheaper to decode than an object) of provider, period_ms, horizon_ms,
+# requests_per_minute, burst, fresh_effective, adaptive, high, recovery_factor,
+# quiet_ms, grant_slot_s, then buckets as name, share, burst from plan[12]: the
+# model's (name "" if none), then each path's.  Times come back with 17 digits,
+# exactly as Python computes them.
 _RESERVE_RATE = _COMMON + """
 local function num(v) if type(v) == 'number' then return v end return 0 end
-local plan = cjson.decode(ARGV[2])
-local now = tonumber(ARGV[3])
+local function exact(x) return string.format('%.17g', x) end
+local now, plan = tonumber(ARGV[2]), cjson.decode(ARGV[3])
 local raw = redis.call('GET', KEYS[1])
-local state = nil
-if raw then
-  local ok, decoded = pcall(cjson.decode, raw)
-  if ok and type(decoded) == 'table' then state = decoded end
+local ok, state = false, nil
+if raw then ok, state = pcall(cjson.decode, raw) end
+if not ok or type(state) ~= 'table' then
+  state = {formatVersion = 1, provider = plan[1], buckets = {}, grantsPerSecond = {}, totalGrants = 0}
 end
-if state == nil then
-  state = {formatVersion = 1, provider = plan.provider, buckets = {}, grantsPerSecond = {}, totalGrants = 0}
-end
-if type(state.buckets) ~= 'table' then state.buckets = {} end
-if type(state.grantsPerSecond) ~= 'table' then state.grantsPerSecond = {} end
-if state.requestsPerMinute ~= plan.requests_per_minute or state.burst ~= plan.burst then
-  state.requestsPerMinute = plan.requests_per_minute
-  state.burst = plan.burst
-  state.effectiveRequestsPerMinute = plan.fresh_effective
+local buckets, grants = state.buckets, state.grantsPerSecond
+if type(buckets) ~= 'table' then buckets = {} state.buckets = buckets end
+if type(grants) ~= 'table' then grants = {} state.grantsPerSecond = grants end
+if state.requestsPerMinute ~= plan[4] or state.burst ~= plan[5] then
+  state.requestsPerMinute = plan[4]
+  state.burst = plan[5]
+  state.effectiveRequestsPerMinute = plan[6]
 end
 local old = num(state.effectiveRequestsPerMinute)
 local effective = old
-if plan.adaptive and effective < plan.high then
-  if now - math.max(num(state.last429At), num(state.lastChangeAt)) >= plan.quiet_ms then
-    effective = math.min(plan.high, effective * plan.recovery_factor)
-  end
+if plan[7] and effective < plan[8] and now - math.max(num(state.last429At), num(state.lastChangeAt)) >= plan[10] then
+  effective = math.min(plan[8], effective * plan[9])
 end
 local function tat_of(name)
-  local bucket = state.buckets[name]
+  local bucket = buckets[name]
   if type(bucket) == 'table' then return num(bucket.tat) end
   return 0
 end
-local function allowed(spec)
-  local emission = plan.period_ms / math.max(effective * spec.share, 1e-9)
-  local tolerance = (math.max(1, math.floor(spec.burst)) - 1) * emission
-  return math.max(now, tat_of(spec.name) - tolerance), emission
+local function allowed(i)  -- the bucket at plan[i] (name), plan[i + 1] (share), plan[i + 2] (burst)
+  local emission = plan[2] / math.max(effective * plan[i + 1], 1e-9)
+  local tolerance = (math.max(1, math.floor(plan[i + 2])) - 1) * emission
+  return math.max(now, tat_of(plan[i]) - tolerance), emission
 end
-local choice, start, emission = nil, nil, nil
-for _, spec in ipairs(plan.paths) do
-  local at, e = allowed(spec)
-  if start == nil or at < start then choice, start, emission = spec, at, e end
+local choice, start, emission = 15, allowed(15)
+for i = 18, #plan, 3 do
+  local at, e = allowed(i)
+  if at < start then choice, start, emission = i, at, e end
 end
-local booked = {{choice, emission}}
-if type(plan.model) == 'table' then
-  local at, e = allowed(plan.model)
+local model_emission = nil
+if plan[12] ~= '' then
+  local at
+  at, model_emission = allowed(12)
   if at > start then start = at end
-  table.insert(booked, {plan.model, e})
 end
 local changed = effective ~= old
 if changed then
@@ -159,21 +160,21 @@ if changed then
   state.lastChangeAt = now
 end
 local booked_at = ''
-if start - now <= plan.horizon_ms then
-  for _, entry in ipairs(booked) do
-    local spec, e = entry[1], entry[2]
-    state.buckets[spec.name] = {tat = math.ceil((math.max(tat_of(spec.name), start) + e) * 10) / 10}
+if start - now <= plan[3] then
+  local function book(name, e)
+    buckets[name] = {tat = math.ceil((math.max(tat_of(name), start) + e) * 10) / 10}
   end
-  local oldest = math.floor(now / 1000) - 60 - plan.grant_slot_s
-  local grants = {}
-  for second, count in pairs(state.grantsPerSecond) do
-    if tonumber(second) > oldest then grants[second] = count end
+  book(plan[choice], emission)
+  if model_emission then book(plan[12], model_emission) end
+  local slot = plan[11]
+  local oldest = math.floor(now / 1000) - 60 - slot
+  for second in pairs(grants) do
+    if tonumber(second) <= oldest then grants[second] = nil end
   end
-  local second = tostring(math.floor(math.floor(start / 1000) / plan.grant_slot_s) * plan.grant_slot_s)
+  local second = tostring(math.floor(math.floor(start / 1000) / slot) * slot)
   grants[second] = num(grants[second]) + 1
-  state.grantsPerSecond = grants
   state.totalGrants = num(state.totalGrants) + 1
-  booked_at = tostring(start)
+  booked_at = exact(start)
   changed = true
 end
 if changed then
@@ -181,7 +182,7 @@ if changed then
   touch(ARGV[1])
   announce(ARGV[1])
 end
-return table.concat({tostring(now), booked_at, choice.name, tostring(old), tostring(effective)}, string.char(10))
+return table.concat({exact(now), booked_at, plan[choice], exact(old), exact(effective)}, string.char(10))
 """
 _DELETE_IF = _COMMON + """
 if redis.call('GET', KEYS[1]) ~= ARGV[3] then return 0 end
@@ -467,10 +468,11 @@ class RedisStore(Store):
     def reserve_rate(self, space: Space, key: str, plan: bytes, now_ms: float) -> tuple[float, float | None, str, float, float]:
         """One GCRA reservation decided by the server (see core.ratelimit.gcra_step).
 
-        Returns ``(now, start or None, bucket, old effective limit, new effective limit)``.
+        ``plan`` is ``ReservePlan.to_json()``.  Returns ``(now, start or None,
+        bucket, old effective limit, new effective limit)``.
         """
         keys = self._keys(space, key)
-        reply = self._eval("reserve_rate", keys, [key.encode(), plan, repr(float(now_ms)).encode()])
+        reply = self._eval("reserve_rate", keys, [key.encode(), repr(float(now_ms)).encode(), plan])
         now, start, bucket, old, new = reply.decode().split("\n")
         self._last_seen.pop(keys[0], None)
         return float(now), (float(start) if start else None), bucket, float(old), float(new)
