@@ -14,8 +14,6 @@ from .text_pane import TextPane
 
 
 class FleetHeader(TextPane):
-    FIXED_SIZE = True  # three lines, clipped: its clock ticks every second
-
     def show(self, snapshot: FleetSnapshot | None, *, paused: bool, watching: str, error: str | None) -> None:
         text = Text()
         if snapshot is None:

@@ -2,19 +2,18 @@
 
 from __future__ import annotations
 
-from typing import ClassVar
-
 from rich.text import Text
 from textual.widgets import Static
 
 
 class TextPane(Static):
-    # A pane whose size the CSS fixes skips the layout pass an update would
-    # otherwise trigger: that pass repaints every pane on the screen.
-    FIXED_SIZE: ClassVar[bool] = False
     _shown: Text | None = None
 
     def show_text(self, text: Text) -> None:
-        if text != self._shown:
-            self._shown = text
-            self.update(text, layout=not self.FIXED_SIZE)
+        if text == self._shown:
+            return
+        # A layout pass repaints every pane on the screen: only when the text's
+        # height may have changed (more or fewer lines, or lines that wrap).
+        relayout = self._shown is None or self._shown.plain.count("\n") != text.plain.count("\n") or self.styles.text_wrap != "nowrap"
+        self._shown = text
+        self.update(text, layout=relayout)
