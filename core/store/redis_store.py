@@ -108,8 +108,9 @@ return {0, 1, current}
 # (cheaper to decode than an object) of provider, period_ms, horizon_ms,
 # requests_per_minute, burst, fresh_effective, adaptive, high, recovery_factor,
 # quiet_ms, grant_slot_s, then buckets as name, share, burst from plan[12]: the
-# model's (name "" if none), then each path's.  Times come back with 17 digits,
-# exactly as Python computes them.
+# model's (name "" if none), then each path's.  Answers start (or ''), bucket,
+# effective limit and, if it changed, the one before, with 17 digits: exactly as
+# Python computes them.
 _RESERVE_RATE = _COMMON + """
 local function num(v) if type(v) == 'number' then return v end return 0 end
 local function exact(x) return string.format('%.17g', x) end
@@ -182,7 +183,8 @@ if changed then
   touch(ARGV[1])
   announce(ARGV[1])
 end
-return table.concat({exact(now), booked_at, plan[choice], exact(old), exact(effective)}, string.char(10))
+local before = effective ~= old and exact(old) or ''
+return table.concat({booked_at, plan[choice], exact(effective), before}, string.char(10))
 """
 _DELETE_IF = _COMMON + """
 if redis.call('GET', KEYS[1]) ~= ARGV[3] then return 0 end
@@ -472,10 +474,11 @@ class RedisStore(Store):
         bucket, old effective limit, new effective limit)``.
         """
         keys = self._keys(space, key)
-        reply = self._eval("reserve_rate", keys, [key.encode(), repr(float(now_ms)).encode(), plan])
-        now, start, bucket, old, new = reply.decode().split("\n")
+        now = float(now_ms)
+        reply = self._eval("reserve_rate", keys, [key.encode(), repr(now).encode(), plan])
+        start, bucket, new, old = reply.decode().split("\n")
         self._last_seen.pop(keys[0], None)
-        return float(now), (float(start) if start else None), bucket, float(old), float(new)
+        return now, (float(start) if start else None), bucket, float(old or new), float(new)
 
     # --------------------------------------------------------------- events
     def append_event(self, data: bytes) -> None:
