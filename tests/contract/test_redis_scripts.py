@@ -9,12 +9,11 @@ import pytest
 import redis
 
 from core.store import LOCKS, StoreError
+from tests.conftest import make_store
 
 
 @pytest.fixture
 def store(request, tmp_path):
-    from tests.conftest import make_store
-
     store = make_store("redis", request, tmp_path)
     yield store
     store.flush_prefix()
