@@ -2,17 +2,18 @@
 and rebuilds the FleetSnapshot, so no file I/O ever runs on the event loop.
 
 Changes arrive from watchfiles (inotify on Linux) with a short debounce and are
-turned into per-space hints, so a rebuild re-reads only the files named.
+turned into per-space hints, so a rebuild re-reads only the files named.  Every
+second without changes there is a rebuild anyway (heartbeat ages move on), and
+every ``FULL_SCAN_S`` a full rescan catches anything a watcher missed.  If the
+watcher cannot start (no inotify, or its watches exhausted) the thread falls back
+to polling; if the directory is missing it reports that and keeps trying.
+
 watchfiles' Rust side wakes every ``step`` milliseconds to look for changes, and
 each wake takes the GIL: a 10 ms step costs ~0.4 % of a core on a fleet where
 nothing happens.  So the step is short only while changes are arriving (within
 ``BUSY_FOR_S`` of the last one) and 50 ms (watchfiles' own default) otherwise:
 the first change after a quiet spell shows within 50-100 ms, the ones that
-follow within ~25 ms.  Every
-second without changes there is a rebuild anyway (heartbeat ages move on), and
-every ``full_scan_s`` a full rescan catches anything a watcher missed.  If the
-watcher cannot start (no inotify, or its watches exhausted) the thread falls back
-to polling; if the directory is missing it reports that and keeps trying.
+follow within ~25 ms.
 """
 
 from __future__ import annotations
