@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 
 from rich.text import Text
+from textual import events
 from textual.widgets import RichLog
 
 from core.models import FleetEvent
@@ -28,6 +29,13 @@ class EventLogView(RichLog):
     def __init__(self, **kwargs: object) -> None:
         super().__init__(max_lines=1000, markup=False, highlight=False, wrap=False, **kwargs)
         self._shown = 0
+
+    def on_resize(self, event: events.Resize) -> None:
+        # Shown again (a compact pane switch) or resized: the newest line stays in view once
+        # the scrollbars have settled, whether or not a horizontal one took a line meanwhile.
+        # (RichLog's own handler runs too: Textual calls each class's.)
+        if self.auto_scroll:
+            self.call_after_refresh(self.scroll_end, animate=False, x_axis=False)
 
     def show(self, snapshot: FleetSnapshot) -> None:
         new = snapshot.event_count - self._shown
