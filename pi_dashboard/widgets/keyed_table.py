@@ -188,6 +188,11 @@ class KeyedTable(ScrollView, can_focus=True):
         self._lines.clear()
         self._header = None
 
+    @property
+    def _line_width(self) -> int:
+        """Cells of one full row: every column padded on both sides."""
+        return sum(width + 2 * PADDING for width in self._widths)
+
     def _measure(self) -> list[int]:
         widths = [len(column.label) for column in self.columns]
         for cells in self._rows.values():
@@ -203,8 +208,7 @@ class KeyedTable(ScrollView, can_focus=True):
             keys.sort(key=lambda k: (sort_key(self._rows[k][column]), k), reverse=self._sort_reverse)
         self._order = keys
         self._index = {key: n for n, key in enumerate(keys)}
-        width = sum(w + 2 * PADDING for w in self._widths)
-        self.virtual_size = Size(width, len(keys) + 1)
+        self.virtual_size = Size(self._line_width, len(keys) + 1)
         if selected in self._index:
             self._cursor = self._index[selected]
         self._cursor = max(0, min(self._cursor, len(keys) - 1))
@@ -318,4 +322,4 @@ class KeyedTable(ScrollView, can_focus=True):
             else:
                 segments.append(Segment(cell.plain, cell.style))  # the usual cell: one style, no spans
             segments.append(PAD if right else Segment(" " * (gap + PADDING)))
-        return Strip(segments, sum(w + 2 * PADDING for w in self._widths))
+        return Strip(segments, self._line_width)
