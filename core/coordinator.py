@@ -38,8 +38,10 @@ from .models import (
     BroadcastQueueState,
     CoordinatorConfig,
     DistributedLock,
+    EntryLike,
     InstanceInfo,
     StealableQueueEntry,
+    as_entry,
     StealClaim,
     StealingStats,
 )
@@ -328,8 +330,17 @@ class Coordinator:
 
     # ------------------------------------------------------------ heartbeat
     def heartbeat(self) -> None:
-        """Refresh ``lastHeartbeat`` (and re-create the file if someone removed it)."""
-        self._update(last_heartbeat=utc_from_ms(self.clock.now_ms()))
+        """Refresh ``lastHeartbeat`` (and re-create the file if someone removed it), with the
+        latency ``llm_slot`` measured since, so the fleet sees it without another call."""
+        changes: dict[str, object] = {"last_heartbeat": utc_from_ms(self.clock.now_ms())}
+        measured = self._measured_latency_ms()
+        if measured is not None:
+            changes["avg_latency_ms"] = measured
+        self._update(**changes)
+
+    def _measured_latency_ms(self) -> float | None:
+        """Mean response time of the successful requests ``llm_slot`` timed (recent ones)."""
+        return self.adjuster.mean_response_ms() if self.adjuster is not None else None
 
     def enhanced_heartbeat(self) -> None:
         """Heartbeat, then tidy up after dead instances, stale queues, expired locks and claims.
@@ -356,6 +367,8 @@ class Coordinator:
         if pending_task_count < 0:
             raise ValueError("pending_task_count must not be negative")
         changes: dict[str, object] = {"pending_task_count": pending_task_count}
+        if avg_latency_ms is None:
+            avg_latency_ms = self._measured_latency_ms()
         if avg_latency_ms is not None:
             changes["avg_latency_ms"] = avg_latency_ms
         self._update(**changes)
@@ -430,17 +443,21 @@ class Coordinator:
         self,
         pending_task_count: int,
         active_orchestrations: int = 0,
-        stealable_entries: Sequence[StealableQueueEntry] = (),
+        stealable_entries: Sequence[EntryLike] = (),
         avg_latency_ms: float | None = None,
     ) -> BroadcastQueueState:
-        """Publish this instance's queue so idle instances can steal from it."""
+        """Publish this instance's queue so idle instances can steal from it.
+
+        Entries are :class:`StealableQueueEntry` records or mappings of their fields;
+        ``avg_latency_ms`` defaults to what ``llm_slot`` measured.
+        """
         state = BroadcastQueueState(
             instance_id=self.info.instance_id,
             timestamp=utc_from_ms(self.clock.now_ms()),
             pending_task_count=pending_task_count,
-            avg_latency_ms=avg_latency_ms,
+            avg_latency_ms=self._measured_latency_ms() if avg_latency_ms is None else avg_latency_ms,
             active_orchestrations=active_orchestrations,
-            stealable_entries=tuple(stealable_entries),
+            stealable_entries=tuple(as_entry(entry) for entry in stealable_entries),
         )
         self.store.write(QUEUES, state.instance_id, state.to_json())
         return state
@@ -519,9 +536,13 @@ class Coordinator:
         me = self.info.instance_id
         return {entry_id for owner, entry_id in self._stealer().claimed_pairs([me])}
 
-    def claim_own(self, entry: StealableQueueEntry | str) -> bool:
-        """Claim one of this instance's own entries before running it; ``False`` if it was stolen."""
-        return self._stealer().claim(self.info.instance_id, entry) is not None
+    def claim_own(self, entry: EntryLike | str) -> bool:
+        """Claim one of this instance's own entries before running it; ``False`` if it was stolen.
+
+        Takes an entry as :meth:`broadcast_queue_state` does (a record or a mapping), or its id.
+        """
+        claimed = entry if isinstance(entry, str) else as_entry(entry)
+        return self._stealer().claim(self.info.instance_id, claimed) is not None
 
     def work_stealing_summary(self) -> WorkStealingSummary:
         states = self.remote_queue_states()

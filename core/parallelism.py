@@ -223,6 +223,13 @@ class DynamicParallelismAdjuster:
             recommended_backoff_ms=int(backoff),
         )
 
+    def mean_response_ms(self) -> float | None:
+        """Mean of every successful request's response time this adjuster keeps, all models
+        together (what an instance publishes as its ``avgLatencyMs``); ``None`` before the first."""
+        with self._lock:
+            samples = [t for state in self._states.values() for t in state.response_times]
+        return round(sum(samples) / len(samples), 1) if samples else None
+
     def get_all_states(self) -> dict[str, tuple[ParallelismConfig, ProviderHealth]]:
         with self._lock:
             now = self.clock.now_ms()

@@ -226,6 +226,7 @@ class FleetSnapshot:
     events: tuple[FleetEvent, ...] = ()  # the most recent, oldest first
     event_count: int = 0  # events this builder has read in all: tells a viewer how many are new
     controls: tuple[ControlView, ...] = ()
+    notice: str | None = None  # the store looks like no fleet's (a wrong --root): said in the header
 
     def instance(self, instance_id: str) -> InstanceView | None:
         return next((i for i in self.instances if i.instance_id == instance_id), None)
@@ -235,6 +236,7 @@ class FleetSnapshot:
         return {
             "takenAtMs": self.taken_at_ms,
             "source": self.source,
+            "notice": self.notice,
             "config": self.config.model_dump(mode="json", by_alias=True),
             "figures": {
                 "activeCount": self.figures.active_count,
@@ -383,6 +385,7 @@ class SnapshotBuilder:
         self._liveness = LivenessCache()
         self._dead_pid_problems: dict[tuple[str, int], Problem] = {}
         self._strays: list[Problem] = []
+        self._notice: str | None = None
         self._last_index: _Index | None = None
         self._alive_memo: tuple[tuple[int, int, int], tuple[int, dict[str, int], tuple[ModelView, ...]]] | None = None
         self._caches: dict[Space, RecordCache[Any]] = {
@@ -428,6 +431,7 @@ class SnapshotBuilder:
             elif space in changed:
                 cache.refresh(changed[space])
         if changed is None:
+            self._notice = self.store.layout_notice()
             self._strays = [
                 Problem("stray", f"{space.name}/{name}", "not a file pi or pi-dash writes here; ignored")
                 for space in self._caches
@@ -712,4 +716,5 @@ class SnapshotBuilder:
             stealing=stealing,
             figures=figures,
             problems=tuple(problems),
+            notice=self._notice,
         )

@@ -36,9 +36,8 @@ import sys
 import threading
 import time
 import uuid
-from collections import deque
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from core.backoff import BackoffBoard
 from core.clock import utc_from_ms
@@ -161,7 +160,6 @@ class Counters:
     calls: int = 0
     rate_limited: int = 0
     slot_timeouts: int = 0
-    latencies_ms: deque[float] = field(default_factory=lambda: deque(maxlen=30))
 
 
 class DemoWorker:
@@ -201,7 +199,6 @@ class DemoWorker:
         self._drain_seen_at: float | None = None
         self._board: BackoffBoard | None = None
         self._published_pending: int | None = None
-        self._published_avg: float | None = None
         self._published_at = 0.0
 
     # ------------------------------------------------------------ running
@@ -399,7 +396,6 @@ class DemoWorker:
         """One simulated LLM request: "ok", "429", "busy" (no slot yet) or "gave-up" (leaving)."""
         try:
             with self.coordinator.llm_slot(provider, model, timeout=SLOT_TIMEOUT_S) as slot:
-                started = time.monotonic()
                 time.sleep(self.rng.uniform(*CALL_SECONDS))
                 storm = storm_at(time.time(), self.epoch)
                 if storm is not None and storm.provider == provider and self.rng.random() < STORM_429_CHANCE:
@@ -410,9 +406,7 @@ class DemoWorker:
                     log.info("429 from %s/%s (Retry-After %s)", provider, model, shown)
                     return "429"
                 self.counters.calls += 1
-                with self._state:
-                    self.counters.latencies_ms.append((time.monotonic() - started) * 1000)
-                return "ok"
+                return "ok"  # llm_slot timed it: the heartbeat publishes the latency
         except SlotTimeout:
             self.counters.slot_timeouts += 1
             if self.stop.is_set() or self.coordinator.draining:
@@ -471,23 +465,19 @@ class DemoWorker:
         pending = len(self.queue)
         with self._state:
             active = len(self._running)
-            samples = list(self.counters.latencies_ms)
             completed, self._completed_since_publish = self._completed_since_publish, 0
-        avg = round(sum(samples) / len(samples), 1) if samples else None
         now = time.monotonic()
-        last_avg = self._published_avg
-        moved = avg is not None and (last_avg is None or abs(avg - last_avg) > 0.05 * last_avg)
-        if pending != self._published_pending or moved or now - self._published_at >= REPUBLISH_S:
-            # The heartbeat rewrites the file every second anyway: write only news.
-            c.update_workload(pending, avg)
-            self._published_pending, self._published_avg, self._published_at = pending, avg, now
+        if pending != self._published_pending or now - self._published_at >= REPUBLISH_S:
+            # The heartbeat rewrites the file every second anyway (with the latency
+            # llm_slot measured): write only news.
+            c.update_workload(pending)
+            self._published_pending, self._published_at = pending, now
         if completed:
             c.task_completed()
         c.broadcast_queue_state(
             pending,
             active_orchestrations=active,
             stealable_entries=[t.entry for t in self.queue[:MAX_STEALABLE]],
-            avg_latency_ms=avg,
         )
 
     # -------------------------------------------------------------- drain

@@ -263,3 +263,22 @@ def test_derived_values_follow_updates_of_the_own_record(root, clock):
     assert coordinator.info.heartbeat_ms == before + 90_000  # not the copy's stale cached value
     assert coordinator.info.model_keys == {("openai", "gpt-4o")}
     assert coordinator.active_instances() == [coordinator.info]
+
+
+@pytest.mark.parametrize("spelling", ["record", "camelCase", "snake_case", "id"])
+def test_claim_own_takes_whatever_broadcast_queue_state_takes(root, clock, spelling):
+    owner, thief = Coordinator(root=root, clock=clock), Coordinator(root=root, clock=clock)
+    owner.register(heartbeat=False)
+    thief.register(heartbeat=False)
+    owner.update_workload(5)
+    records = stealable_entries(owner.instance_id, clock, 3)
+    given = {
+        "record": records,
+        "camelCase": [r.model_dump(mode="json", by_alias=True) for r in records],
+        "snake_case": [r.model_dump() for r in records],
+        "id": [r.id for r in records],
+    }[spelling]
+    owner.broadcast_queue_state(5, 1, records if spelling == "id" else given)
+    assert thief.safe_steal_work().entry == records[0]
+    assert [owner.claim_own(entry) for entry in given] == [False, True, True]
+    assert [owner.claim_own(entry) for entry in given] == [False, False, False]

@@ -149,3 +149,21 @@ def test_without_retry_after_the_backoff_grows_exponentially(root, coordinator):
     now = coordinator.clock.now_ms()
     assert 1_900 <= first.until - now <= 2_000  # 1 s * 2^1
     assert 3_900 <= second.until - now <= 4_000  # 1 s * 2^2
+
+
+def test_the_heartbeat_publishes_the_latency_llm_slot_measured(coordinator, root):
+    """The dashboard's Lat column needs no call of the agent's own: the heartbeat carries it."""
+    from core.snapshot import SnapshotBuilder
+    from core.store import DirectoryStore
+
+    assert coordinator.info.avg_latency_ms is None
+    for pause in (0.02, 0.04):
+        with coordinator.llm_slot("openai", "gpt-4o"):
+            time.sleep(pause)
+    with pytest.raises(RuntimeError):
+        with coordinator.llm_slot("openai", "gpt-4o"):
+            raise RuntimeError("failures are not latencies")
+    coordinator.heartbeat()
+    view = SnapshotBuilder(DirectoryStore(root), check_pids=False).build().instance(coordinator.instance_id)
+    assert view is not None and 30 <= view.info.avg_latency_ms < 1000
+    assert coordinator.broadcast_queue_state(0).avg_latency_ms == view.info.avg_latency_ms

@@ -16,7 +16,7 @@ from .parallelism import (
     RecentError,
     SharedBackoff,
 )
-from .queue import BroadcastQueueState, Priority, StealableQueueEntry
+from .queue import BroadcastQueueState, EntryLike, Priority, StealableQueueEntry, as_entry
 from .stealing import FORMAT_VERSION, StealClaim, StealingStats
 
 __all__ = [
@@ -43,6 +43,8 @@ __all__ = [
     "Record",
     "StealClaim",
     "StealableQueueEntry",
+    "EntryLike",
+    "as_entry",
     "StealingStats",
     "from_epoch_ms",
     "to_epoch_ms",

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from enum import IntEnum
 from functools import cached_property
+from typing import Any
 
 from pydantic import Field
 
@@ -42,6 +44,16 @@ class StealableQueueEntry(Record):
     @property
     def priority_rank(self) -> int:
         return Priority.rank(self.priority)
+
+
+EntryLike = StealableQueueEntry | Mapping[str, Any]
+"""A queue entry as callers hand it over: the record, or a mapping of its fields
+(camelCase as on disk, or snake_case)."""
+
+
+def as_entry(value: EntryLike) -> StealableQueueEntry:
+    """The one way an entry given by a caller becomes a :class:`StealableQueueEntry`."""
+    return value if isinstance(value, StealableQueueEntry) else StealableQueueEntry.model_validate(value)
 
 
 class BroadcastQueueState(Record):

@@ -203,6 +203,11 @@ class Store(ABC):
         """``(where, reason)`` for parts of the event log that cannot be read. Optional."""
         return []
 
+    def layout_notice(self) -> str | None:
+        """Why this store looks like no fleet's (a directory that holds other things), or
+        ``None``. Optional: shown in the dashboard's header so a wrong ``--root`` is plain."""
+        return None
+
     def strays(self, space: Space) -> list[str]:
         """Things in ``space`` that are no entry of it (to report, never to read). Optional."""
         return []

@@ -150,6 +150,18 @@ class DirectoryStore(Store):
         # Only the one canonical spelling names a key: "%41" is not "A".
         return key if encode_key(key) == stem else None
 
+    def layout_notice(self) -> str | None:
+        """A directory with things in it but none that pi or pi-dash writes is not a
+        coordination directory (an empty one is simply one nobody has used yet)."""
+        try:
+            names = set(os.listdir(self._root))
+        except OSError:
+            return None  # check() says why
+        ours = {space.name.partition("/")[0] for space in ALL_SPACES} | {CONFIG_FILE}
+        if not names or names & ours:
+            return None
+        return "not a coordination directory: no instances/, queue-states/ or locks/ here"
+
     def strays(self, space: Space) -> list[str]:
         """Names in one of pi-dash's folders that look like entries but name no key
         (``%41.json`` is not ``A``'s file).  Other names (READMEs, backups, temporary

@@ -209,11 +209,16 @@ def redis_url(cli_url: str | None = None, env: dict[str, str] | None = None) -> 
     return cli_url or env.get(ENV_REDIS) or None
 
 
+URL_SCHEMES = ("redis", "rediss", "unix")
+
+
 class RedisStore(Store):
     """A :class:`Store` on a Redis server (``redis://host:port/db?prefix=name``)."""
 
     def __init__(self, url: str, prefix: str | None = None) -> None:
         parts = urlsplit(url)
+        if parts.scheme not in URL_SCHEMES:
+            raise StoreUnavailable(f"{url!r} is not a Redis URL (expected redis://host:port/db, rediss://... or unix://...)")
         query = parse_qs(parts.query)
         self.url = url
         self.prefix = prefix or query.get("prefix", [DEFAULT_PREFIX])[0]
