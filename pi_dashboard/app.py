@@ -26,6 +26,7 @@ from core.control import FleetControl
 from core.snapshot import FleetSnapshot, InstanceView, Status
 from core.store import Store
 
+from .prefs import load_prefs, save_prefs
 from .screens.confirm import ConfirmScreen
 from .screens.details import DetailsScreen
 from .screens.help import HelpScreen
@@ -122,7 +123,11 @@ class PiDashApp(App[None]):
         start_demo: Callable[[], Store] | None = None,
         theme_dirs: list | None = None,
         debounce_ms: int = DEBOUNCE_MS,
+        theme: str | None = None,
+        remember: bool = False,
     ) -> None:
+        """``theme`` overrides the remembered one; ``remember`` saves theme and sort
+        changes for the next run (the interactive dashboard, not snapshots or tests)."""
         super().__init__()
         self.clock = clock
         self.live = live
@@ -136,6 +141,9 @@ class PiDashApp(App[None]):
         self._held: SourceState | None = None
         self.shown_pane = 1
         self.theme_names: list[str] = []
+        self.prefs = load_prefs()
+        self._asked_theme = theme
+        self._remember = remember
 
     def _connect(self, store: Store) -> None:
         self.store = store
@@ -168,8 +176,15 @@ class PiDashApp(App[None]):
         for theme in themes:
             self.register_theme(theme)
         self.theme_names = [t.name for t in themes]
-        if DEFAULT_THEME in self.theme_names:
-            self.theme = DEFAULT_THEME
+        for wanted in (self._asked_theme, self.prefs.theme, DEFAULT_THEME):
+            if wanted in self.theme_names:
+                self.theme = wanted
+                break
+        if self._asked_theme is not None:
+            self._save_prefs(theme=self.theme)
+        sort = self.prefs.sorts.get("instances")
+        if sort is not None:
+            self.query_one(InstancesTable).restore_sort(*sort)
         self.query_one("#instances").border_title = "Instances"
         for pane, title in SECONDARY_PANES:
             self.query_one(f"#{pane}").border_title = title
@@ -334,8 +349,20 @@ class PiDashApp(App[None]):
         self._note("pause", "updates paused" if self.paused else "updates resumed")
 
     def action_cycle_sort(self) -> None:
-        label = self.query_one(InstancesTable).next_sort()
+        table = self.query_one(InstancesTable)
+        label = table.next_sort()
         self._note("sort", f"instances sorted by {label}")
+        self._save_prefs(sorts={**self.prefs.sorts, "instances": table.sort_state})
+
+    def _save_prefs(self, **changes: object) -> None:
+        """Remember a theme or sort for the next run (interactive dashboards only)."""
+        if not self._remember:
+            return
+        for name, value in changes.items():
+            setattr(self.prefs, name, value)
+        problem = save_prefs(self.prefs)
+        if problem is not None:
+            self._note("prefs", problem)
 
     def action_filter(self) -> None:
         box = self.query_one("#filter", Input)
@@ -367,6 +394,7 @@ class PiDashApp(App[None]):
         following = names[(names.index(self.theme) + 1) % len(names)] if self.theme in names else names[0]
         self.theme = following
         self._note("theme", f"theme {following}")
+        self._save_prefs(theme=following)
 
     def watch_theme(self, theme: str) -> None:
         for table in self.query(".pane").results():

@@ -11,7 +11,7 @@ import sys
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NoReturn
 
 from core.limits_view import provider_limits
 from core.provider_config import config_path, load_settings
@@ -28,10 +28,32 @@ if TYPE_CHECKING:
     from .demo import DemoFleet
 
 EXIT_UNAVAILABLE = 2
+EXIT_USAGE = 2
+
+
+class UsageError(Exception):
+    """An ordinary mistake on the command line: said in one line, exit status 2."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a mistake is one line (no usage block): what is wrong and where help is."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USAGE, f"{self.prog}: {message} (see {self.prog} --help)\n")
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    return value
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="pi-dash",
         description="Live monitor and coordination engine for fleets of pi coding-agent instances. "
         "Without a command: the live dashboard.",
@@ -41,13 +63,16 @@ def _parser() -> argparse.ArgumentParser:
     redis_help = "watch a Redis-backed fleet instead (default: $PI_DASH_REDIS)"
     parser.add_argument("--root", metavar="DIR", help=root_help)
     parser.add_argument("--redis", metavar="URL", help=redis_help)
-    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    theme_help = "colour theme by name: pi-dark, pi-light, pi-high-contrast or one of yours (remembered)"
+    parser.add_argument("--theme", metavar="NAME", help=theme_help)
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     status = commands.add_parser("status", help="print the fleet's state once (a table, or JSON)")
     status.add_argument("--root", metavar="DIR", help=root_help, default=argparse.SUPPRESS)
     status.add_argument("--redis", metavar="URL", help=redis_help, default=argparse.SUPPRESS)
     status.add_argument("--json", action="store_true", help="machine-readable output")
     demo = commands.add_parser("demo", help="start the built-in demo fleet (real processes) and watch it")
-    demo.add_argument("--workers", type=int, default=6, metavar="N", help="worker processes (default 6)")
+    demo.add_argument("--workers", type=_positive_int, default=6, metavar="N", help="worker processes (default 6)")
+    demo.add_argument("--theme", metavar="NAME", help=theme_help, default=argparse.SUPPRESS)
     shot = commands.add_parser("snapshot", help="render one frame of the dashboard to an SVG file, no terminal needed")
     shot.add_argument("--root", metavar="DIR", help=root_help, default=argparse.SUPPRESS)
     shot.add_argument("--redis", metavar="URL", help=redis_help, default=argparse.SUPPRESS)
@@ -56,6 +81,7 @@ def _parser() -> argparse.ArgumentParser:
     shot.add_argument("--height", type=int, default=48)
     shot.add_argument("--after", type=float, default=0.0, metavar="SECONDS", help="watch live this long first")
     shot.add_argument("--demo", action="store_true", help="of the built-in demo fleet")
+    shot.add_argument("--theme", metavar="NAME", help="colour theme by name (not remembered)", default=argparse.SUPPRESS)
     limits = commands.add_parser("limits", help="each provider's rate limit, usage and 429 backoff")
     limits.add_argument("--root", metavar="DIR", help=root_help, default=argparse.SUPPRESS)
     limits.add_argument("--redis", metavar="URL", help=redis_help, default=argparse.SUPPRESS)
@@ -73,6 +99,19 @@ def _store(args: argparse.Namespace) -> Store:
 
         return RedisStore(url)
     return DirectoryStore(default_root(args.root))
+
+
+def _theme(args: argparse.Namespace) -> str | None:
+    """The ``--theme`` asked for, checked against the themes there are."""
+    from .theme_files import load_themes
+
+    name = getattr(args, "theme", None)
+    if name is None:
+        return None
+    names = [theme.name for theme in load_themes()[0]]
+    if name not in names:
+        raise UsageError(f"no theme named {name!r}; there are: {', '.join(names)}")
+    return name
 
 
 def _snapshot(args: argparse.Namespace) -> FleetSnapshot | None:
@@ -141,10 +180,11 @@ class _DemoLauncher:
 def cmd_dashboard(args: argparse.Namespace, demo_now: bool = False) -> int:
     from .app import PiDashApp
 
+    theme = _theme(args)
     launcher = _DemoLauncher(getattr(args, "workers", 6))
     try:
         store = launcher() if demo_now else _store(args)
-        app = PiDashApp(store, start_demo=launcher)
+        app = PiDashApp(store, start_demo=launcher, theme=theme, remember=True)
 
         def hang_up(signum: int, frame: object) -> None:
             # The terminal is gone (SIGHUP) or we are told to go (SIGTERM): there is
@@ -164,30 +204,46 @@ def cmd_dashboard(args: argparse.Namespace, demo_now: bool = False) -> int:
 def cmd_snapshot(args: argparse.Namespace) -> int:
     from .app import PiDashApp
 
-    launcher = _DemoLauncher()
     output = Path(args.output)
+    folder = output.parent
+    if not folder.is_dir():
+        raise UsageError(f"cannot write {output}: there is no directory {folder}")
+    if not os.access(folder, os.W_OK):
+        raise UsageError(f"cannot write {output}: {folder} is not writable")
+    theme = _theme(args)
+    launcher = _DemoLauncher()
+    written: list[str] = []
     try:
         store = launcher() if args.demo else _store(args)
-        app = PiDashApp(store, live=args.after > 0)
+        app = PiDashApp(store, live=args.after > 0, theme=theme)
 
         async def capture(pilot: Pilot[None]) -> None:
             await pilot.pause(args.after)
-            app.save_screenshot(filename=output.name, path=str(output.parent.resolve()))
+            try:
+                app.save_screenshot(filename=output.name, path=str(folder.resolve()))
+            except OSError as exc:
+                written.append(f"cannot write {output}: {exc.strerror or exc}")
             app.exit()
 
         app.run(headless=True, size=(args.width, args.height), auto_pilot=capture)
     finally:
         launcher.stop()
+    if written:
+        raise UsageError(written[0])
     print(f"wrote {output}")
     return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    if args.command == "limits":
-        return cmd_limits(args)
-    if args.command == "status":
-        return cmd_status(args)
-    if args.command == "snapshot":
-        return cmd_snapshot(args)
-    return cmd_dashboard(args, demo_now=args.command == "demo")
+    try:
+        if args.command == "limits":
+            return cmd_limits(args)
+        if args.command == "status":
+            return cmd_status(args)
+        if args.command == "snapshot":
+            return cmd_snapshot(args)
+        return cmd_dashboard(args, demo_now=args.command == "demo")
+    except (UsageError, StoreError) as exc:
+        print(f"pi-dash: {exc}", file=sys.stderr)
+        return EXIT_USAGE

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import datetime, timezone
 
 from core.limits_view import ProviderLimits
 from core.snapshot import FleetSnapshot, InstanceView, Status
 
-from .text import clip, clip_left, duration, printable
+from .text import clip, clip_left, clock_datetime, clock_zone, duration, printable
 
 
 def _table(
@@ -40,10 +39,11 @@ def _models(view: InstanceView) -> str:
 def render(snapshot: FleetSnapshot, width: int = 100) -> str:
     figures = snapshot.figures
     counts = figures.status_counts
-    taken = datetime.fromtimestamp(snapshot.taken_at_ms / 1000, tz=timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+    taken = f"{clock_datetime(snapshot.taken_at_ms)} {clock_zone(snapshot.taken_at_ms)}"
     stealing = snapshot.stealing
     lines = [
-        f"pi fleet in {printable(snapshot.source)} at {taken}",
+        f"pi fleet in {printable(snapshot.source)} at {taken}"
+        + (f" ({printable(snapshot.notice)})" if snapshot.notice else ""),
         (
             f"{len(snapshot.instances)} instances: {counts.get(Status.ALIVE, 0)} alive, "
             f"{counts.get(Status.STALE, 0)} stale, {counts.get(Status.DEAD, 0)} dead, "

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import datetime
+
 
 def printable(text: str) -> str:
     """``text`` with control characters shown as escapes, never sent to the terminal.
@@ -68,3 +70,24 @@ def duration(ms: int | None, *, whole_seconds: bool = False) -> str:
         return f"{sign}{hours}h{minutes:02d}m"
     days, hours = divmod(hours, 24)
     return f"{sign}{days}d{hours}h"
+
+
+# One clock everywhere: local time; the zone is named once per screen (the header,
+# the details' title, the first line of ``pi-dash status``), never beside each time.
+def clock_time(at: int | datetime) -> str:
+    """``HH:MM:SS`` in local time, of epoch milliseconds or an aware datetime."""
+    return _local(at).strftime("%H:%M:%S")
+
+
+def clock_datetime(at: int | datetime) -> str:
+    """``YYYY-MM-DD HH:MM:SS`` in local time."""
+    return _local(at).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def clock_zone(at: int | datetime) -> str:
+    """The local zone's name at that instant (``UTC``, ``CET``, ``+0530``)."""
+    return _local(at).strftime("%Z") or _local(at).strftime("%z")
+
+
+def _local(at: int | datetime) -> datetime:
+    return at.astimezone() if isinstance(at, datetime) else datetime.fromtimestamp(at / 1000).astimezone()

@@ -1,14 +1,15 @@
-"""Themes shipped as files (``themes/*.toml``) and the user's own
+"""Themes shipped as files (``pi_dashboard/themes/*.toml``, package data) and the user's own
 (``$XDG_CONFIG_HOME/pi-dash/themes/*.toml``, by default ``~/.config/pi-dash/themes``)."""
 
 from __future__ import annotations
 
-import os
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
 
 from textual.theme import Theme
+
+from .prefs import config_dir
 
 BUILT_IN = Path(__file__).parent / "themes"
 THEME_KEYS = (
@@ -27,9 +28,7 @@ THEME_KEYS = (
 
 
 def user_theme_dir(env: Mapping[str, str] | None = None) -> Path:
-    env = os.environ if env is None else env
-    base = Path(env["XDG_CONFIG_HOME"]) if env.get("XDG_CONFIG_HOME") else Path.home() / ".config"
-    return base / "pi-dash" / "themes"
+    return config_dir(env) / "themes"
 
 
 def parse_theme(path: Path) -> Theme:

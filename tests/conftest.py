@@ -58,8 +58,9 @@ def clock() -> ManualClock:
 
 
 @pytest.fixture(autouse=True)
-def _no_pi_environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Tests never see the developer's own pi settings."""
+def _no_pi_environment(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Tests never see the developer's own pi settings, nor pi-dash's remembered ones."""
     for var in list(os.environ):
         if var.startswith("PI_"):
             monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path_factory.mktemp("config")))

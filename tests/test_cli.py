@@ -5,6 +5,9 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
+
+import pytest
 
 from core.coordinator import Coordinator
 from pi_dashboard.cli import main
@@ -91,3 +94,48 @@ def test_limits_shows_each_provider_usage_and_backoff(root, capsys, tmp_path):
     assert (row["requestsPerMinute"], row["effectiveRequestsPerMinute"], row["usedLastMinute"]) == (1000, 900, 4)
     assert row["backoffs"][0]["model"] == "gpt-4o" and row["backoffs"][0]["remainingMs"] > 0
     assert main(["limits", "--root", str(root), "--provider", "nope"]) == 1
+
+
+@pytest.mark.parametrize(
+    ("argv", "says"),
+    [
+        (["demo", "--workers", "0"], "--workers: must be at least 1"),
+        (["demo", "--workers", "many"], "'many' is not a whole number"),
+        (["--redis", "notaurl", "status"], "'notaurl' is not a Redis URL"),
+        (["--redis", "notaurl"], "'notaurl' is not a Redis URL"),
+        (["snapshot", "-o", "/no/such/dir/x.svg", "--root", "."], "there is no directory /no/such/dir"),
+        (["--theme", "nope", "--root", "."], "no theme named 'nope'; there are: pi-dark, pi-high-contrast, pi-light"),
+        (["statsu"], "invalid choice: 'statsu'"),
+    ],
+)
+def test_ordinary_mistakes_are_one_line_and_a_non_zero_exit(tmp_path, argv, says):
+    result = subprocess.run(
+        [sys.executable, "-m", "pi_dashboard", *argv], capture_output=True, text=True, cwd=tmp_path, timeout=60, stdin=subprocess.DEVNULL
+    )
+    assert result.returncode == 2
+    assert result.stdout == ""
+    assert result.stderr.count("\n") == 1 and says in result.stderr, result.stderr
+    assert result.stderr.startswith("pi-dash")
+
+
+def test_a_directory_that_is_no_fleet_says_so(tmp_path, capsys):
+    (tmp_path / "notes.txt").write_text("not pi's")
+    assert main(["status", "--root", str(tmp_path)]) == 0
+    assert "not a coordination directory" in capsys.readouterr().out.splitlines()[0]
+    empty = tmp_path / "fresh"
+    empty.mkdir()
+    assert main(["status", "--root", str(empty)]) == 0
+    assert "not a coordination directory" not in capsys.readouterr().out  # unused yet, not wrong
+
+
+def test_status_names_the_zone_of_its_local_time(root, capsys, monkeypatch):
+    monkeypatch.setenv("TZ", "Asia/Kolkata")
+    time.tzset()
+    try:
+        _fleet(root)
+        assert main(["status", "--root", str(root)]) == 0
+        first = capsys.readouterr().out.splitlines()[0]
+    finally:
+        monkeypatch.delenv("TZ")
+        time.tzset()
+    assert first.endswith(("IST", "+0530")), first

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
-
 from rich.table import Table
 from rich.text import Text
 from textual.app import ComposeResult
@@ -14,13 +12,13 @@ from textual.widgets import Static
 
 from core.snapshot import FleetSnapshot, InstanceView
 
-from ..text import duration, printable
+from ..text import clock_datetime, clock_time, clock_zone, duration, printable
 
 
 def _when(epoch_ms: int | None) -> str:
     if not epoch_ms:
         return "-"
-    return datetime.fromtimestamp(epoch_ms / 1000, tz=timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+    return clock_datetime(epoch_ms)
 
 
 def _pairs(rows: list[tuple[str, str]]) -> Table:
@@ -35,20 +33,22 @@ def _pairs(rows: list[tuple[str, str]]) -> Table:
 def describe(view: InstanceView, snapshot: FleetSnapshot) -> list[Static]:
     """The details as widgets; every value is plain text, never markup."""
     info = view.info
-    parts = [Static(Text(printable(view.instance_id), style="bold"), classes="title")]
+    title = Text(printable(view.instance_id), style="bold")
+    title.append(f"  (times in {clock_zone(snapshot.taken_at_ms)})", style="dim")
+    parts = [Static(title, classes="title")]
     rows = [("status", view.status.value), ("heartbeat age", duration(view.heartbeat_age_ms))]
     if info is not None:
         rows += [
             ("pid", f"{info.pid} ({view.pid_running.value})"),
             ("session", info.session_id),
             ("cwd", info.cwd),
-            ("started", info.started_at.strftime("%Y-%m-%d %H:%M:%S UTC")),
+            ("started", clock_datetime(info.started_at)),
             ("pending", str(info.pending)),
             ("parallel limit", str(view.parallel_limit) if view.parallel_limit is not None else "-"),
             ("avg latency", f"{info.avg_latency_ms} ms" if info.avg_latency_ms is not None else "-"),
             ("host", info.hostname or "-"),
             ("name", info.instance_name or "-"),
-            ("models", ", ".join(f"{m.provider}/{m.model} since {m.since:%H:%M:%S}" for m in info.active_models) or "-"),
+            ("models", ", ".join(f"{m.provider}/{m.model} since {clock_time(m.since)}" for m in info.active_models) or "-"),
         ]
         extras = info.model_extra or {}
         rows += [(f"{key} (extra)", repr(value)) for key, value in sorted(extras.items())]
@@ -58,7 +58,7 @@ def describe(view: InstanceView, snapshot: FleetSnapshot) -> list[Static]:
     if view.queue is not None:
         queue = Table("entry", "tool", "priority", "enqueued", title="stealable entries", title_justify="left")
         for entry in view.queue.stealable_entries[:50]:
-            queue.add_row(*(Text(printable(v)) for v in (entry.id, entry.tool_name, entry.priority)), f"{entry.enqueued_at:%H:%M:%S}")
+            queue.add_row(*(Text(printable(v)) for v in (entry.id, entry.tool_name, entry.priority)), clock_time(entry.enqueued_at))
         parts.append(Static(queue))
     if view.parallelism is not None:
         models = Table("model", "cur/base", "flight", "eff", "reason", title="parallelism", title_justify="left")

@@ -22,7 +22,7 @@ KEYS = (
     ("/", "filter instances (id, cwd, model, status); escape clears"),
     ("s", "cycle the instances' sort order"),
     ("p", "pause / resume live updates"),
-    ("t", "next theme (themes/*.toml, ~/.config/pi-dash/themes/*.toml)"),
+    ("t", "next theme (remembered; built-in ones and ~/.config/pi-dash/themes/*.toml)"),
 )
 
 

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from datetime import datetime
-
 from rich.text import Text
 from textual import events
 from textual.widgets import RichLog
@@ -11,7 +9,7 @@ from textual.widgets import RichLog
 from core.models import FleetEvent
 from core.snapshot import FleetSnapshot
 
-from ..text import printable
+from ..text import clock_time, printable
 from .palette import role_style
 
 KIND_ROLE = {
@@ -50,7 +48,7 @@ class EventLogView(RichLog):
         self.write(self._line(FleetEvent(at=at_ms, kind=kind, message=message, instance_id="pi-dash")))
 
     def _line(self, event: FleetEvent) -> Text:
-        stamp = datetime.fromtimestamp(event.at / 1000).strftime("%H:%M:%S")
+        stamp = clock_time(event.at)
         line = Text(f"{stamp} ", style="dim")
         line.append(f"{event.kind:<12} ", style=role_style(self.app, KIND_ROLE.get(event.kind, "primary")))
         line.append(printable(event.message))

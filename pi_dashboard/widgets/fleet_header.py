@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-from datetime import datetime
-
 from rich.text import Text
 
 from core.snapshot import FleetSnapshot, Status
 
-from ..text import printable
+from ..text import clock_time, clock_zone, printable
 from .palette import role_style, status_style
 from .text_pane import TextPane
 
@@ -21,7 +19,7 @@ class FleetHeader(TextPane):
             text.append(printable(error or "starting..."), style=role_style(self.app, "error"))
             self.show_text(text)
             return
-        stamp = datetime.fromtimestamp(snapshot.taken_at_ms / 1000).strftime("%H:%M:%S")
+        stamp = f"{clock_time(snapshot.taken_at_ms)} {clock_zone(snapshot.taken_at_ms)}"
         text.append("pi-dash ", style="bold")
         text.append(printable(snapshot.source))
         text.append(f"  {stamp}  [{watching}]", style="dim")
@@ -29,6 +27,8 @@ class FleetHeader(TextPane):
             text.append("  PAUSED", style=role_style(self.app, "warning", bold=True))
         if error:
             text.append(f"  {printable(error)}", style=role_style(self.app, "error"))
+        if snapshot.notice:
+            text.append(f"  {printable(snapshot.notice)}", style=role_style(self.app, "warning", bold=True))
         text.append("\n")
         counts = snapshot.figures.status_counts
         text.append(f"{len(snapshot.instances)} instances ")

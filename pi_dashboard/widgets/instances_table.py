@@ -48,6 +48,18 @@ class InstancesTable(KeyedTable):
         self.sort_index = (self.sort_index + 1) % len(self.SORTS)
         return self.apply_sort()
 
+    @property
+    def sort_state(self) -> tuple[str, bool]:
+        """(column key, reversed): what is remembered between runs."""
+        column, _, reverse = self.SORTS[self.sort_index]
+        return column, reverse
+
+    def restore_sort(self, column: str, reverse: bool) -> None:
+        for index, (key, _, descending) in enumerate(self.SORTS):
+            if (key, descending) == (column, reverse):
+                self.sort_index = index
+                self.apply_sort()
+
     def _row(self, view: InstanceView, unanswered: set[str]) -> Row:
         info = view.info
         status = view.status.value + (" (no ack)" if view.instance_id in unanswered else "")

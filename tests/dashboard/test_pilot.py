@@ -432,6 +432,22 @@ async def test_theme_cycles_and_panes_follow(fleet: Path, frozen: ManualClock) -
     assert notes == ["theme pi-high-contrast", "theme pi-light", "theme pi-dark"]
 
 
+async def test_theme_and_sort_are_remembered_for_the_next_run(fleet: Path, frozen: ManualClock, tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "config"))
+    app = make_app(DirectoryStore(fleet), frozen, remember=True)
+    async with app.run_test(size=(160, 48)) as pilot:
+        await pilot.press("t", "s", "s")  # high contrast; sorted by pending
+    assert (tmp_path / "config" / "pi-dash" / "prefs.json").is_file()
+    again = make_app(DirectoryStore(fleet), frozen)
+    async with again.run_test(size=(160, 48)) as pilot:
+        await pilot.pause()
+        assert again.theme == "pi-high-contrast"
+        assert row_keys(again.query_one(InstancesTable))[:3] == [A, E, C]
+    asked = make_app(DirectoryStore(fleet), frozen, theme="pi-light")  # --theme wins over the memory
+    async with asked.run_test(size=(160, 48)) as pilot:
+        assert asked.theme == "pi-light"
+
+
 # ------------------------------------------------------------------ details
 async def test_enter_opens_the_details_screen(fleet: Path, frozen: ManualClock) -> None:
     app = make_app(DirectoryStore(fleet), frozen)
