@@ -47,6 +47,7 @@ from .models import (
 )
 from . import procs
 from .procs import HOSTNAME, Liveness, own_start_ms
+from .semantics import WorkStealingSummary
 from .stealing import StealingService, StolenWork
 from .store import (
     CLAIMS,
@@ -96,15 +97,6 @@ class ModelUsage:
 
 
 @dataclass(frozen=True, slots=True)
-class WorkStealingSummary:
-    remote_instances: int
-    total_pending_tasks: int
-    stealable_tasks: int
-    idle_instances: int
-    busy_instances: int
-
-
-@dataclass(frozen=True, slots=True)
 class CoordinatorStatus:
     registered: bool
     my_instance_id: str | None
@@ -128,7 +120,13 @@ class Coordinator:
         instance_name: str | None = None,
         settings: CrossInstanceSettings | None = None,
         parallelism: AdjusterConfig | None = None,
+        offer_to_non_claiming: bool = False,
     ) -> None:
+        """``offer_to_non_claiming``: also list this instance's stealable entries
+        where pi's own thieves read them.  pi's thieves claim nothing and this
+        instance runs its entries after claiming them, so such an entry may run
+        twice: only for work that may."""
+        self.offer_to_non_claiming = offer_to_non_claiming
         self.store = store if store is not None else DirectoryStore(default_root(root, env))
         self.clock = clock
         self._env = os.environ if env is None else env
@@ -176,6 +174,7 @@ class Coordinator:
                 hostname=HOSTNAME,
                 process_started_at=own_start_ms(),
                 instance_name=self.instance_name,
+                honours_claims=True,
             )
             self._info = info
             self._locks = LockService(self.store, info.instance_id, self.clock)
@@ -378,13 +377,22 @@ class Coordinator:
 
     # --------------------------------------------------------------- fleet
     def _all_instances(self) -> list[InstanceInfo]:
+        """Every readable instance record, in pi's directory order."""
         self._instances.refresh()
-        records = self._instances.records()
         own = self._info
-        if own is None:
-            return records
-        # Our in-memory record is at least as fresh as our file.
-        return [r for r in records if r.instance_id != own.instance_id] + [own]
+        entries = dict(self._instances.entries)
+        if own is not None:
+            # Our in-memory record is at least as fresh as our file.
+            entries = {k: e for k, e in entries.items() if e.record is None or e.record.instance_id != own.instance_id}
+        records = [(key, e.record) for key, e in entries.items() if e.record is not None]
+        if own is not None:
+            records.append((own.instance_id, own))
+        ordered = semantics.directory_order(records, lambda pair: pair[0] + INSTANCES.suffix)
+        return [record for _, record in ordered]
+
+    def _other_alive(self) -> list[InstanceInfo]:
+        me = self.instance_id
+        return [i for i in self.active_instances() if i.instance_id != me]
 
     def active_instances(self) -> list[InstanceInfo]:
         """Instances whose heartbeat is younger than the timeout (pi's definition)."""
@@ -449,70 +457,67 @@ class Coordinator:
         """Publish this instance's queue so idle instances can steal from it.
 
         Entries are :class:`StealableQueueEntry` records or mappings of their fields;
-        ``avg_latency_ms`` defaults to what ``llm_slot`` measured.
+        ``avg_latency_ms`` defaults to what ``llm_slot`` measured.  They are
+        offered to thieves that claim (``core``'s); pi's thieves, which do not,
+        see them only with ``offer_to_non_claiming``.
         """
+        entries = tuple(as_entry(entry) for entry in stealable_entries)
         state = BroadcastQueueState(
             instance_id=self.info.instance_id,
             timestamp=utc_from_ms(self.clock.now_ms()),
             pending_task_count=pending_task_count,
             avg_latency_ms=self._measured_latency_ms() if avg_latency_ms is None else avg_latency_ms,
             active_orchestrations=active_orchestrations,
-            stealable_entries=tuple(as_entry(entry) for entry in stealable_entries),
+            stealable_entries=entries if self.offer_to_non_claiming else (),
+            claimable_entries=entries,
         )
         self.store.write(QUEUES, state.instance_id, state.to_json())
         return state
 
     def remote_queue_states(self) -> list[BroadcastQueueState]:
-        """Other instances' queue states young enough to act on (two heartbeat intervals)."""
+        """Other instances' queue states young enough to act on (pi: 30 s), in directory order."""
         self._queues.refresh()
-        return semantics.fresh_queue_states(self._queues.records(), self.clock.now_ms(), self.config, self.instance_id)
+        ordered = semantics.directory_order(self._queues.entries.items(), lambda kv: kv[0] + QUEUES.suffix)
+        records = [e.record for _, e in ordered if e.record is not None]
+        return semantics.fresh_queue_states(records, self.clock.now_ms(), self.instance_id)
 
     def has_remote_capacity(self) -> bool:
-        """Whether some other instance has fewer tasks waiting than its share of slots."""
-        limit = self.my_parallel_limit()
-        return any(state.pending_task_count < limit for state in self.remote_queue_states())
+        """pi's ``checkRemoteCapacity``: no other queue state, or an idle one."""
+        return semantics.has_remote_capacity(self.remote_queue_states())
 
     def cleanup_queue_states(self) -> list[str]:
-        """Remove queue states older than the heartbeat timeout."""
+        """Remove queue states older than pi's default heartbeat timeout (60 s)."""
         now = self.clock.now_ms()
         self._queues.refresh()
         removed = []
         for key, entry in list(self._queues.entries.items()):
             if entry.record is None or entry.raw is None:
                 continue
-            if semantics.is_expired_queue_state(entry.record, now, self.config):
+            if semantics.is_expired_queue_state(entry.record, now):
                 if self.store.delete_if(QUEUES, key, entry.raw):
                     removed.append(key)
         return removed
 
     # ------------------------------------------------------------- stealing
     def is_idle(self) -> bool:
-        return self.info.pending == 0
-
-    def _busy_remote_instances(self) -> list[InstanceInfo]:
-        me = self.instance_id
-        busy = [
-            i
-            for i in self.active_instances()
-            if i.instance_id != me and i.pending >= semantics.STEAL_VICTIM_MIN_PENDING
-        ]
-        return sorted(busy, key=lambda i: -i.pending)
+        """pi's ``isIdle``: nothing pending and no model in use."""
+        return semantics.is_idle_instance(self.info)
 
     def should_attempt_work_stealing(self) -> bool:
-        """Stealing is on, this instance is idle, and another has more than two tasks waiting."""
+        """Stealing is on, nothing is pending here, and another has more than two tasks waiting."""
         return (
-            self.work_stealing_enabled and not self.draining and self.is_idle() and bool(self._busy_remote_instances())
+            self.work_stealing_enabled
+            and not self.draining
+            and semantics.should_attempt_stealing(self.info.pending, (i.pending for i in self._other_alive()))
         )
 
-    def work_stealing_candidates(self, top_n: int = 3) -> list[str]:
-        """Ids of the busiest other instances, most pending first."""
-        return [i.instance_id for i in self._busy_remote_instances()[:top_n]]
+    def work_stealing_candidates(self, top_n: int | None = semantics.DEFAULT_STEAL_CANDIDATES) -> list[str]:
+        """pi's ``getWorkStealingCandidates``: other instances with work pending, most first."""
+        return semantics.work_stealing_candidates(self._other_alive(), top_n)
 
     def find_steal_candidate(self) -> InstanceInfo | None:
-        if not self.should_attempt_work_stealing():
-            return None
-        busy = self._busy_remote_instances()
-        return busy[0] if busy else None
+        """pi's ``findStealCandidate``: the other instance with the most work beyond two tasks."""
+        return semantics.find_steal_candidate(self._other_alive())
 
     def steal_work(self) -> StealableQueueEntry | None:
         """pi's ``stealWork``: the entry pi would pick, *without* claiming it.
@@ -521,14 +526,19 @@ class Coordinator:
         """
         if not self.work_stealing_enabled:
             return None
-        offer = semantics.pick_steal_entry(semantics.steal_victims(self.remote_queue_states()))
+        offer = semantics.pick_steal_entry(self.remote_queue_states())
         return offer[1] if offer else None
 
     def safe_steal_work(self) -> StolenWork | None:
-        """Take one entry from a busy instance, claimed exactly once across the fleet."""
-        if not self.work_stealing_enabled or not self.is_idle() or self.draining:
+        """Take one entry from a busy instance, claimed exactly once across the fleet.
+
+        Only owners that honour claims are stolen from: pi's own owners run
+        every entry they listed whoever took it, so taking one would run it twice.
+        """
+        if not self.work_stealing_enabled or self.info.pending != 0 or self.draining:
             return None
-        return self._stealer().safe_steal(self.remote_queue_states())
+        honouring = {i.instance_id for i in self._all_instances() if i.honours_claims}
+        return self._stealer().safe_steal([s for s in self.remote_queue_states() if s.instance_id in honouring])
 
     def claimed_entries(self) -> set[str]:
         """Ids of this instance's entries that are claimed (stolen, or being run by us):
@@ -545,14 +555,8 @@ class Coordinator:
         return self._stealer().claim(self.info.instance_id, claimed) is not None
 
     def work_stealing_summary(self) -> WorkStealingSummary:
-        states = self.remote_queue_states()
-        return WorkStealingSummary(
-            remote_instances=len(states),
-            total_pending_tasks=sum(s.pending_task_count for s in states),
-            stealable_tasks=sum(len(s.stealable_entries) for s in states),
-            idle_instances=sum(1 for s in states if s.pending_task_count == 0),
-            busy_instances=sum(1 for s in states if s.pending_task_count >= semantics.STEAL_VICTIM_MIN_PENDING),
-        )
+        """pi's ``getWorkStealingSummary`` over the other instances' fresh queue states."""
+        return semantics.work_stealing_summary(self.remote_queue_states())
 
     def stealing_stats(self) -> StealingStats:
         return self._stealer().stats

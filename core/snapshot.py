@@ -31,6 +31,7 @@ from .models import (
     ModelParallelism,
     ProviderRateState,
     SharedBackoff,
+    StealableQueueEntry,
     StealClaim,
     StealingStats,
 )
@@ -103,12 +104,22 @@ class InstanceView(NamedTuple):
     def pending(self) -> int:
         return self.info.pending if self.info else 0
 
+    @property
+    def honours_claims(self) -> bool:
+        """A ``core`` instance (claims before running); pi's own do not."""
+        return bool(self.info and self.info.honours_claims)
+
+    @property
+    def stats_recorded(self) -> bool:
+        """Whether its stealing statistics can be known: pi keeps them in process memory."""
+        return self.stats is not None or self.honours_claims
+
 
 class QueueView(NamedTuple):
     instance_id: str
     state: BroadcastQueueState
     age_ms: int
-    fresh: bool  # young enough (two intervals) for thieves to act on
+    fresh: bool  # young enough for pi's thieves to act on (30 s, whatever the config)
     claimed_entries: int
 
 
@@ -124,12 +135,20 @@ class LockView(NamedTuple):
     def resource(self) -> str:
         return self.lock.resource if self.lock else self.key
 
+    @property
+    def held(self) -> bool:
+        """Held as pi judges it (pi's ``tryAcquireLock`` would refuse it)."""
+        return self.lock is not None and not self.expired
+
 
 class ModelView(NamedTuple):
+    """A model in use, with pi's figures for it (``None`` where pi's code throws)."""
+
     provider: str
     model: str
-    instance_count: int
-    parallel_limit: int  # per-instance share of the plain limit for this model
+    instance_count: int  # getModelUsageSummary: instances listing exactly this model
+    parallel_limit: int | None  # getModelParallelLimit(provider, model, myParallelLimit)
+    matching_instances: int | None  # getActiveInstancesForModel: prefix either way, at least 1
 
 
 class ModelParallelismView(NamedTuple):
@@ -179,12 +198,15 @@ class RateLimitView(NamedTuple):
 
 @dataclass(frozen=True, slots=True)
 class StealingTotals:
+    """Steals recorded by ``core`` instances; pi's keep theirs in process memory."""
+
     attempts: int
     successes: int
     failures: int
     avg_latency_ms: float
     last_success_at: int | None
     claims: int
+    unrecorded_instances: int = 0  # counted instances whose statistics no file shows (pi's own)
 
     @property
     def success_rate(self) -> float:
@@ -193,15 +215,24 @@ class StealingTotals:
 
 @dataclass(frozen=True, slots=True)
 class FleetFigures:
-    """The numbers pi's coordinator computes for this directory."""
+    """The numbers pi's coordinator computes for this directory, as an observer
+    that is not itself an instance (pi's functions, :mod:`core.semantics`)."""
 
     active_count: int
     parallel_limit: int
-    total_pending: int
+    total_pending: int  # the work-stealing summary, over fresh queue states
     stealable_tasks: int
     idle_instances: int
     busy_instances: int
     status_counts: Mapping[Status, int] = field(default_factory=dict)
+    remote_instances: int = 0  # fresh queue states
+    remote_capacity: bool = True  # checkRemoteCapacity
+    steal_work: StealableQueueEntry | None = None  # the entry pi's stealWork would pick
+    steal_candidate: str | None = None  # findStealCandidate
+    steal_candidates: tuple[str, ...] = ()  # getWorkStealingCandidates, all of them in pi's order
+    claimable_tasks: int = 0  # entries offered to claiming (core) thieves in fresh queues
+    active_instance_ids: tuple[str, ...] = ()  # in directory order
+    cleanup_would_delete: tuple[str, ...] = ()  # what pi's cleanup would remove now
 
 
 @dataclass(frozen=True, slots=True)
@@ -231,6 +262,16 @@ class FleetSnapshot:
     def instance(self, instance_id: str) -> InstanceView | None:
         return next((i for i in self.instances if i.instance_id == instance_id), None)
 
+    def pi_model_limit(self, provider: str, model: str) -> tuple[int, int]:
+        """pi's ``getActiveInstancesForModel`` and ``getModelParallelLimit`` for any
+        model name, as an observer of this fleet; raises
+        :class:`~core.semantics.PiPatternError` where pi's code throws."""
+        alive = semantics.directory_order(
+            (v.info for v in self.instances if v.counted and v.info is not None), lambda i: i.instance_id + INSTANCES.suffix
+        )
+        matching = semantics.pi_instances_for_model(alive, provider, model)
+        return matching, semantics.model_parallel_limit(self.figures.parallel_limit, matching)
+
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready description (camelCase records as on disk, snake_case figures)."""
         return {
@@ -246,6 +287,16 @@ class FleetSnapshot:
                 "idleInstances": self.figures.idle_instances,
                 "busyInstances": self.figures.busy_instances,
                 "statusCounts": {s.value: n for s, n in self.figures.status_counts.items()},
+                "remoteInstances": self.figures.remote_instances,
+                "remoteCapacity": self.figures.remote_capacity,
+                "stealWork": (
+                    self.figures.steal_work.model_dump(mode="json", by_alias=True) if self.figures.steal_work else None
+                ),
+                "stealCandidate": self.figures.steal_candidate,
+                "stealCandidates": list(self.figures.steal_candidates),
+                "claimableTasks": self.figures.claimable_tasks,
+                "activeInstanceIds": list(self.figures.active_instance_ids),
+                "cleanupWouldDelete": list(self.figures.cleanup_would_delete),
             },
             "instances": [
                 {
@@ -256,6 +307,8 @@ class FleetSnapshot:
                     "heartbeatAgeMs": i.heartbeat_age_ms,
                     "parallelLimit": i.parallel_limit,
                     "problem": i.problem,
+                    "honoursClaims": i.honours_claims,
+                    "stealingStats": _stats_dict(i),
                     "info": i.info.model_dump(mode="json", by_alias=True) if i.info else None,
                 }
                 for i in self.instances
@@ -269,6 +322,7 @@ class FleetSnapshot:
                     "pendingTaskCount": q.state.pending_task_count,
                     "activeOrchestrations": q.state.active_orchestrations,
                     "stealableEntries": len(q.state.stealable_entries),
+                    "claimableEntries": len(q.state.claimable_entries or ()),
                 }
                 for q in self.queues
             ],
@@ -276,7 +330,10 @@ class FleetSnapshot:
                 {
                     "key": lv.key,
                     "resource": lv.resource,
+                    "lockId": lv.lock.lock_id if lv.lock else None,
                     "holder": lv.lock.holder if lv.lock else None,
+                    "held": lv.held,
+                    "piWouldGrant": not lv.held,
                     "ageMs": lv.age_ms,
                     "ttlLeftMs": lv.ttl_left_ms,
                     "expired": lv.expired,
@@ -285,7 +342,13 @@ class FleetSnapshot:
                 for lv in self.locks
             ],
             "models": [
-                {"provider": m.provider, "model": m.model, "instanceCount": m.instance_count, "parallelLimit": m.parallel_limit}
+                {
+                    "provider": m.provider,
+                    "model": m.model,
+                    "instanceCount": m.instance_count,
+                    "matchingInstances": m.matching_instances,
+                    "parallelLimit": m.parallel_limit,
+                }
                 for m in self.models
             ],
             "stealing": {
@@ -296,6 +359,7 @@ class FleetSnapshot:
                 "avgLatencyMs": self.stealing.avg_latency_ms,
                 "lastSuccessAt": self.stealing.last_success_at,
                 "claims": self.stealing.claims,
+                "unrecordedInstances": self.stealing.unrecorded_instances,
             },
             "problems": [{"kind": p.kind, "where": p.where, "message": p.message} for p in self.problems],
             "parallelism": [
@@ -334,6 +398,26 @@ class FleetSnapshot:
         }
 
 
+NOT_RECORDED = "not recorded (pi keeps stealing statistics in its process memory only)"
+
+
+def _stats_dict(view: InstanceView) -> dict[str, Any] | str | None:
+    if view.info is None:
+        return None
+    if not view.stats_recorded:
+        return NOT_RECORDED
+    stats = view.stats
+    if stats is None:
+        return {"attempts": 0, "successes": 0, "failures": 0, "successRate": 0.0, "lastSuccessAt": None}
+    return {
+        "attempts": stats.total_attempts,
+        "successes": stats.successful_steals,
+        "failures": stats.failed_attempts,
+        "successRate": stats.success_rate,
+        "lastSuccessAt": stats.last_success_at,
+    }
+
+
 def _where(space: Space, key: str) -> str:
     return f"{space.name}/{key}{space.suffix}"
 
@@ -349,6 +433,16 @@ def _entry_problems(space: Space, entries: Mapping[str, Loaded[Any]]) -> list[Pr
             kind = "corrupt"
         problems.append(Problem(kind, _where(space, key), entry.problem))
     return problems
+
+
+class _AliveFigures(NamedTuple):
+    plain_limit: int
+    limits: dict[str, int]
+    models: tuple[ModelView, ...]
+    problems: tuple[Problem, ...]
+    steal_candidates: tuple[str, ...]
+    steal_candidate: str | None
+    ids: tuple[str, ...]
 
 
 @dataclass(frozen=True, slots=True)
@@ -387,7 +481,7 @@ class SnapshotBuilder:
         self._strays: list[Problem] = []
         self._notice: str | None = None
         self._last_index: _Index | None = None
-        self._alive_memo: tuple[tuple[int, int, int], tuple[int, dict[str, int], tuple[ModelView, ...]]] | None = None
+        self._alive_memo: tuple[tuple[int, int, int], _AliveFigures] | None = None
         self._caches: dict[Space, RecordCache[Any]] = {
             INSTANCES: RecordCache(store, INSTANCES, InstanceInfo),
             QUEUES: RecordCache(store, QUEUES, BroadcastQueueState),
@@ -459,7 +553,13 @@ class SnapshotBuilder:
         generations = tuple(cache.generation for cache in self._caches.values())
         if self._last_index is not None and self._last_index.generations == generations:
             return self._last_index
-        queue_by_id = {q.instance_id: q for q in self._caches[QUEUES].records()}
+        # pi lists directories sorted by name, and its ties keep that order.
+        queues = [
+            e.record
+            for _, e in semantics.directory_order(self._caches[QUEUES].entries.items(), lambda kv: kv[0] + QUEUES.suffix)
+            if e.record is not None
+        ]
+        queue_by_id = {q.instance_id: q for q in queues}
         claims_per_owner: dict[str, int] = {}
         for key in self._caches[CLAIMS].entries:
             owner = key.rpartition("/")[0]
@@ -469,8 +569,10 @@ class SnapshotBuilder:
             problems.extend(_entry_problems(space, cache.problems))
         self._last_index = _Index(
             generations=generations,
-            instances=list(self._caches[INSTANCES].entries.items()),
-            queues=list(queue_by_id.values()),
+            instances=semantics.directory_order(
+                self._caches[INSTANCES].entries.items(), lambda kv: kv[0] + INSTANCES.suffix
+            ),
+            queues=queues,
             queue_by_id=queue_by_id,
             stats_by_id={s.instance_id: s for s in self._caches[STEALING_STATS].records()},
             parallelism_by_id={p.instance_id: p for p in self._caches[PARALLELISM].records()},
@@ -532,10 +634,8 @@ class SnapshotBuilder:
             )
         return tuple(views)
 
-    def _alive_figures(
-        self, alive: list[InstanceInfo], config: CoordinatorConfig, generation: int
-    ) -> tuple[int, dict[str, int], tuple[ModelView, ...]]:
-        """Plain limit, per-instance dynamic limits and model usage of the alive set.
+    def _alive_figures(self, alive: list[InstanceInfo], config: CoordinatorConfig, generation: int) -> _AliveFigures:
+        """What depends only on the alive set (in directory order): limits, models, candidates.
 
         Within one generation of the instance files the alive set only
         shrinks as time passes, so its size identifies it: recomputed only
@@ -547,12 +647,58 @@ class SnapshotBuilder:
         plain = semantics.parallel_limit(config.total_max_llm, semantics.active_count(alive))
         shares = semantics.fleet_dynamic_limits(config.total_max_llm, [r.pending for r in alive], plain)
         limits = dict(zip((r.instance_id for r in alive), shares))
-        models = tuple(
-            ModelView(p, m, n, semantics.model_parallel_limit(plain, n)) for p, m, n in semantics.model_usage(alive)
+        models = []
+        problems = []
+        index = semantics.ModelIndex(alive)
+        for provider, model, count in semantics.model_usage(alive):
+            try:
+                matching: int | None = index.pi_count(provider, model)
+            except semantics.PiPatternError as exc:
+                matching = None
+                problems.append(Problem("model-pattern", f"{provider}:{model}", str(exc)))
+            core_count = index.core_count(provider, model)
+            if matching is not None and max(1, core_count) != matching:
+                problems.append(
+                    Problem(
+                        "model-pattern",
+                        f"{provider}:{model}",
+                        f"pi counts {matching} instance(s) using it, core {core_count}: pi's code reads * and ? "
+                        "as regular-expression operators, core as globs, so their model limits differ",
+                    )
+                )
+            limit = None if matching is None else semantics.model_parallel_limit(plain, matching)
+            models.append(ModelView(provider, model, count, limit, matching))
+        candidate = semantics.find_steal_candidate(alive)
+        result = _AliveFigures(
+            plain,
+            limits,
+            tuple(models),
+            tuple(problems),
+            tuple(semantics.work_stealing_candidates(alive, None)),
+            candidate.instance_id if candidate else None,
+            tuple(r.instance_id for r in alive),
         )
-        result = (plain, limits, models)
         self._alive_memo = (memo_key, result)
         return result
+
+    def _pi_cleanup(self, now: int, config: CoordinatorConfig) -> tuple[str, ...]:
+        """The files pi's cleanup (dead instances, queue states, expired locks) would remove now."""
+        doomed = []
+        timeout = config.heartbeat_timeout_ms
+        for space in (INSTANCES, QUEUES, LOCKS):
+            for key, entry in self._caches[space].entries.items():
+                record = entry.record
+                if record is None:
+                    gone = semantics.pi_deletes_unreadable(space.name, entry.raw, now, timeout)
+                elif space is INSTANCES:
+                    gone = not semantics.is_alive(record, now, timeout)
+                elif space is QUEUES:
+                    gone = semantics.is_expired_queue_state(record, now)
+                else:
+                    gone = record.is_expired(now)
+                if gone:
+                    doomed.append(_where(space, key))
+        return tuple(sorted(doomed))
 
     def _compose(self, now: int, config: CoordinatorConfig, config_problems: list[ConfigProblem]) -> FleetSnapshot:
         index = self._index()
@@ -622,7 +768,9 @@ class SnapshotBuilder:
                     )
                 )
 
-        plain, limits, models = self._alive_figures(alive_records, config, self._caches[INSTANCES].generation)
+        alive_figures = self._alive_figures(alive_records, config, self._caches[INSTANCES].generation)
+        limits = alive_figures.limits
+        problems.extend(alive_figures.problems)
         views = []
         counts = dict.fromkeys(Status, 0)
         queue_by_id = index.queue_by_id
@@ -656,15 +804,21 @@ class SnapshotBuilder:
                     ModelParallelismView(instance_id, state, now - adjuster.updated_at) for state in adjuster.models.values()
                 )
 
-        fresh_limit = config.queue_fresh_ms
         queue_views = []
-        stealable = 0
+        fresh_states = []
         for state in index.queues:
-            age = now - state.timestamp_ms
-            fresh = age <= fresh_limit
+            fresh = semantics.is_fresh_queue_state(state, now)
             if fresh:
-                stealable += len(state.stealable_entries)
-            queue_views.append(QueueView(state.instance_id, state, age, fresh, index.claims_per_owner.get(state.instance_id, 0)))
+                fresh_states.append(state)
+            queue_views.append(
+                QueueView(
+                    state.instance_id,
+                    state,
+                    semantics.queue_age_ms(state, now),
+                    fresh,
+                    index.claims_per_owner.get(state.instance_id, 0),
+                )
+            )
 
         lock_views = []
         for key, entry in index.locks:
@@ -685,15 +839,26 @@ class SnapshotBuilder:
             avg_latency_ms=sum(latencies) / len(latencies) if latencies else 0.0,
             last_success_at=max((s.last_success_at for s in all_stats if s.last_success_at), default=None),
             claims=index.claims,
+            unrecorded_instances=sum(1 for v in views if v.counted and not v.stats_recorded),
         )
+        summary = semantics.work_stealing_summary(fresh_states)
+        steal = semantics.pick_steal_entry(fresh_states)
         figures = FleetFigures(
             active_count=semantics.active_count(alive_records),
-            parallel_limit=plain,
-            total_pending=sum(r.pending for r in alive_records),
-            stealable_tasks=stealable,
-            idle_instances=sum(1 for r in alive_records if r.pending == 0),
-            busy_instances=sum(1 for r in alive_records if r.pending >= semantics.STEAL_VICTIM_MIN_PENDING),
+            parallel_limit=alive_figures.plain_limit,
+            total_pending=summary.total_pending_tasks,
+            stealable_tasks=summary.stealable_tasks,
+            idle_instances=summary.idle_instances,
+            busy_instances=summary.busy_instances,
             status_counts=counts,
+            remote_instances=summary.remote_instances,
+            remote_capacity=semantics.has_remote_capacity(fresh_states),
+            steal_work=steal[1] if steal else None,
+            steal_candidate=alive_figures.steal_candidate,
+            steal_candidates=alive_figures.steal_candidates,
+            claimable_tasks=sum(len(s.claimable_entries or ()) for s in fresh_states),
+            active_instance_ids=alive_figures.ids,
+            cleanup_would_delete=self._pi_cleanup(now, config),
         )
         if self._unreadable_events:
             problems.append(
@@ -712,7 +877,7 @@ class SnapshotBuilder:
             instances=tuple(views),
             queues=tuple(queue_views),
             locks=tuple(lock_views),
-            models=models,
+            models=alive_figures.models,
             stealing=stealing,
             figures=figures,
             problems=tuple(problems),

@@ -18,7 +18,7 @@ from .clock import SYSTEM_CLOCK, Clock
 from .events import EventLog
 from .locks import DEFAULT_TTL_MS, LockService
 from .models import BroadcastQueueState, CorruptRecord, StealableQueueEntry, StealClaim, StealingStats
-from .semantics import pick_steal_entry, steal_victims
+from .semantics import is_busy_queue, pick_steal_entry
 from .store import CLAIMS, STEALING_STATS, EntryUnreadable, Loaded, Store, StoreError, read_record
 
 CLAIM_SEPARATOR = "/"
@@ -36,6 +36,11 @@ def split_claim_key(key: str) -> tuple[str, str]:
 
 def steal_resource(owner_instance_id: str) -> str:
     return f"steal:{owner_instance_id}"
+
+
+def offered_to_claiming_thieves(state: BroadcastQueueState) -> tuple[StealableQueueEntry, ...]:
+    """The entries a queue offers to thieves that claim (only ``core`` owners offer any)."""
+    return state.claimable_entries or ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,11 +101,12 @@ class StealingService:
 
     # ---------------------------------------------------------------- steal
     def safe_steal(self, remote_states: Iterable[BroadcastQueueState]) -> StolenWork | None:
-        """Steal the most urgent unclaimed entry of the busiest queues, or ``None``.
+        """Steal the most urgent unclaimed entry offered to claiming thieves by
+        the busy queues among ``remote_states`` (pi's choice, in directory order), or ``None``.
 
         Counts as one attempt whenever there was a queue to steal from.
         """
-        victims = steal_victims(remote_states)
+        victims = [s for s in remote_states if is_busy_queue(s)]
         if not victims:
             return None
         started = self.clock.monotonic()
@@ -114,7 +120,7 @@ class StealingService:
     def _steal_from(self, victims: list[BroadcastQueueState]) -> StolenWork | None:
         skip = set(self.claimed_pairs(s.instance_id for s in victims))
         for _ in range(MAX_PICKS_PER_STEAL):
-            offer = pick_steal_entry(victims, frozenset(skip))
+            offer = pick_steal_entry(victims, frozenset(skip), offered_to_claiming_thieves)
             if offer is None:
                 return None
             state, entry = offer
@@ -186,7 +192,9 @@ class StealingService:
                 continue
             owner, entry_id = split_claim_key(key)
             state = queue_states.get(owner)
-            offered = state is not None and any(e.id == entry_id for e in state.stealable_entries)
+            offered = state is not None and any(
+                e.id == entry_id for e in (*state.stealable_entries, *offered_to_claiming_thieves(state))
+            )
             claimed_at = loaded.record.claimed_at if loaded.record else loaded.modified_ms
             old = now - claimed_at > retention_ms
             gone = owner not in live_instances and state is None

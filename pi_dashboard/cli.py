@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, NoReturn
 
+from core.clock import ManualClock
 from core.limits_view import provider_limits
 from core.provider_config import config_path, load_settings
 from core.snapshot import FleetSnapshot, SnapshotBuilder
@@ -70,6 +71,13 @@ def _parser() -> argparse.ArgumentParser:
     status.add_argument("--root", metavar="DIR", help=root_help, default=argparse.SUPPRESS)
     status.add_argument("--redis", metavar="URL", help=redis_help, default=argparse.SUPPRESS)
     status.add_argument("--json", action="store_true", help="machine-readable output")
+    status.add_argument(
+        "--at",
+        type=int,
+        metavar="EPOCH_MS",
+        help="judge the directory as of this instant (epoch milliseconds), e.g. to replay a capture; "
+        "pids are then not checked (they can only be checked now)",
+    )
     demo = commands.add_parser("demo", help="start the built-in demo fleet (real processes) and watch it")
     demo.add_argument("--workers", type=_positive_int, default=6, metavar="N", help="worker processes (default 6)")
     demo.add_argument("--theme", metavar="NAME", help=theme_help, default=argparse.SUPPRESS)
@@ -115,8 +123,11 @@ def _theme(args: argparse.Namespace) -> str | None:
 
 
 def _snapshot(args: argparse.Namespace) -> FleetSnapshot | None:
+    at = getattr(args, "at", None)
     try:
         store = _store(args)
+        if at is not None:
+            return SnapshotBuilder(store, clock=ManualClock(now_ms=at), check_pids=False).build()
         return SnapshotBuilder(store).build()
     except StoreError as exc:
         print(f"pi-dash: cannot read the fleet: {exc}", file=sys.stderr)

@@ -30,10 +30,28 @@ def _table(
     return lines
 
 
+def _maybe(value: int | None) -> str:
+    return "-" if value is None else str(value)
+
+
 def _models(view: InstanceView) -> str:
     if view.info is None or not view.info.active_models:
         return "-"
     return ", ".join(printable(f"{m.provider}/{m.model}") for m in view.info.active_models)
+
+
+def _steals_line(snapshot: FleetSnapshot) -> str:
+    stealing = snapshot.stealing
+    line = (
+        f"steals recorded {stealing.successes}/{stealing.attempts} ({stealing.success_rate:.0%}) · "
+        f"claims {stealing.claims} · claimable {snapshot.figures.claimable_tasks} · locks {len(snapshot.locks)}"
+    )
+    if stealing.unrecorded_instances:
+        line += (
+            f" · steals of {stealing.unrecorded_instances} pi instance(s): not recorded "
+            "(pi keeps them in process memory)"
+        )
+    return line
 
 
 def render(snapshot: FleetSnapshot, width: int = 100) -> str:
@@ -50,21 +68,24 @@ def render(snapshot: FleetSnapshot, width: int = 100) -> str:
             f"{counts.get(Status.CORRUPT, 0)} corrupt"
         ),
         (
-            f"active {figures.active_count} · limit {figures.parallel_limit} per instance "
-            f"of totalMaxLlm {snapshot.config.total_max_llm} · pending {figures.total_pending} · "
-            f"stealable {figures.stealable_tasks}"
+            f"pi's figures: active {figures.active_count} · limit {figures.parallel_limit} per instance "
+            f"of totalMaxLlm {snapshot.config.total_max_llm} · fresh queues {figures.remote_instances}: "
+            f"pending {figures.total_pending}, stealable {figures.stealable_tasks}, "
+            f"idle {figures.idle_instances}, busy {figures.busy_instances}"
         ),
-        (
-            f"steals {stealing.successes}/{stealing.attempts} ({stealing.success_rate:.0%}) · "
-            f"claims {stealing.claims} · locks {len(snapshot.locks)}"
-        ),
+        _steals_line(snapshot),
     ]
+    if figures.steal_work is not None or figures.steal_candidate is not None:
+        entry = figures.steal_work
+        pick = f"{printable(entry.id)} ({printable(entry.priority)}) of {printable(entry.instance_id)}" if entry else "nothing"
+        lines.append(f"pi's thieves would take {pick}; busiest: {printable(figures.steal_candidate or '-')}")
     if snapshot.instances:
         rows = [
             [
                 printable(v.instance_id),
                 str(v.info.pid) if v.info else "-",
                 v.status.value,
+                ("yes" if v.honours_claims else "no") if v.info else "-",
                 duration(v.heartbeat_age_ms),
                 str(v.pending) if v.info else "-",
                 str(v.parallel_limit) if v.parallel_limit is not None else "-",
@@ -73,10 +94,13 @@ def render(snapshot: FleetSnapshot, width: int = 100) -> str:
             ]
             for v in sorted(snapshot.instances, key=lambda v: v.key)
         ]
-        lines += ["", *_table(["INSTANCE", "PID", "STATUS", "BEAT", "PEND", "LIMIT", "MODELS", "CWD"], rows, width, 7, keep_end=True)]
+        lines += ["", *_table(["INSTANCE", "PID", "STATUS", "CLAIMS", "BEAT", "PEND", "LIMIT", "MODELS", "CWD"], rows, width, 8, keep_end=True)]
     if snapshot.models:
-        rows = [[printable(f"{m.provider}/{m.model}"), str(m.instance_count), str(m.parallel_limit)] for m in snapshot.models]
-        lines += ["", *_table(["MODEL", "INSTANCES", "LIMIT"], rows, width, 0)]
+        rows = [
+            [printable(f"{m.provider}/{m.model}"), str(m.instance_count), _maybe(m.matching_instances), _maybe(m.parallel_limit)]
+            for m in snapshot.models
+        ]
+        lines += ["", *_table(["MODEL", "USED BY", "PI COUNTS", "LIMIT"], rows, width, 0)]
     if snapshot.queues:
         rows = [
             [

@@ -158,7 +158,7 @@ def test_stealing_claims_each_entry_once_and_the_owner_sees_it(root, clock):
     entries[2] = entries[2].model_copy(update={"priority": "critical"})
     owner.broadcast_queue_state(5, 1, entries)
     assert thief.should_attempt_work_stealing()
-    assert thief.steal_work().id == "task-0"  # pi's pick: the first entry of each queue
+    assert thief.steal_work() is None  # pi's thieves, which do not claim, are offered nothing
     stolen = [thief.safe_steal_work() for _ in range(4)]
     assert [s.entry.id for s in stolen if s] == ["task-0", "task-1", "task-2"]
     assert stolen[3] is None

@@ -30,7 +30,7 @@ def _summary(snapshot: FleetSnapshot) -> str:
     statuses = {i.instance_id: i.status.value for i in snapshot.instances}
     return (
         f"statuses={statuses} pending={snapshot.figures.total_pending} "
-        f"queues={[(q.instance_id, len(q.state.stealable_entries)) for q in snapshot.queues]} "
+        f"queues={[(q.instance_id, len(q.state.claimable_entries or ())) for q in snapshot.queues]} "
         f"parallelism={len(snapshot.parallelism)} rate_limits={len(snapshot.rate_limits)} "
         f"events={len(snapshot.events)} steals={snapshot.stealing.successes}/{snapshot.stealing.attempts}"
     )
@@ -159,7 +159,7 @@ def test_demo_fleet_end_to_end(tmp_path: Path) -> None:
             builder.build,
             lambda s: sum(1 for i in s.instances if i.status is Status.ALIVE) >= 4
             and s.figures.total_pending > 0
-            and any(q.state.stealable_entries for q in s.queues)
+            and any(q.state.claimable_entries for q in s.queues)
             and s.parallelism
             and s.rate_limits
             and s.events,

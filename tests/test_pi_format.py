@@ -201,34 +201,55 @@ class PiByHand:
         )
 
     def model_usage(self) -> list[tuple[str, str, int]]:
+        """pi's getModelUsageSummary: per model as stored, in the order first seen."""
         counts: dict[tuple[str, str], int] = {}
         for d in self.alive().values():
-            for key in {(m["provider"], m["model"]) for m in d["activeModels"]}:
-                counts[key] = counts.get(key, 0) + 1
-        return sorted(((p, m, n) for (p, m), n in counts.items()), key=lambda r: (-r[2], r[0], r[1]))
+            for m in d["activeModels"]:
+                counts[(m["provider"], m["model"])] = counts.get((m["provider"], m["model"]), 0) + 1
+        return [(p, m, n) for (p, m), n in counts.items()]
+
+    def pi_instances_for_model(self, provider: str, model: str) -> int:
+        """pi's own count (FORMAT.md, measured): prefix either way, * and ? left as regex operators."""
+        p, q = provider.lower(), model.lower()
+
+        def match(stored: str) -> bool:
+            if q == stored or stored.startswith(q) or q.startswith(stored):
+                return True
+            return re.fullmatch(re.sub(r"([.+^${}()|\[\]\\])", r"\\\1", q), stored, re.IGNORECASE) is not None
+
+        return max(1, sum(1 for d in self.alive().values() if any(m["provider"] == p and match(m["model"]) for m in d["activeModels"])))
+
+    def model_rows(self) -> list[tuple[str, str, int, int, int]]:
+        """The snapshot's model rows: usage, pi's limit, pi's count."""
+        rows = []
+        for p, m, n in self.model_usage():
+            matching = self.pi_instances_for_model(p, m)
+            rows.append((p, m, n, max(1, self.my_limit() // matching), matching))
+        return rows
 
     def fresh_queues(self, exclude: str | None = None) -> list[dict[str, Any]]:
         return [
             q
             for q in self.queues.values()
-            if q["instanceId"] != exclude and not self.now - iso_to_ms(q["timestamp"]) > 2 * self.interval
+            if q["instanceId"] != exclude and not self.now - iso_to_ms(q["timestamp"]) > 30_000  # pi's default interval
         ]
 
     def steal_entry(self, exclude: str | None = None) -> dict[str, Any] | None:
-        victims = sorted((q for q in self.fresh_queues(exclude) if q["pendingTaskCount"] > 2), key=lambda q: -q["pendingTaskCount"])
+        victims = [q for q in self.fresh_queues(exclude) if q["pendingTaskCount"] > 2]  # directory order
         offers = [q["stealableEntries"][0] for q in victims if q["stealableEntries"]]
         if not offers:
             return None
-        return min(offers, key=lambda e: self.PRIORITY.index(e["priority"]))
+        return min(offers, key=lambda e: self.PRIORITY.index(e["priority"]) if e["priority"] in self.PRIORITY else -1)
 
     def summary(self, exclude: str | None = None) -> tuple[int, int, int, int, int]:
         qs = self.fresh_queues(exclude)
+        idle = [q["pendingTaskCount"] == 0 and q["activeOrchestrations"] < 2 for q in qs]
         return (
             len(qs),
             sum(q["pendingTaskCount"] for q in qs),
             sum(len(q["stealableEntries"]) for q in qs),
-            sum(1 for q in qs if q["pendingTaskCount"] == 0),
-            sum(1 for q in qs if q["pendingTaskCount"] > 2),
+            sum(idle),
+            sum(1 for q, i in zip(qs, idle) if not i and q["pendingTaskCount"] > 2),
         )
 
 
@@ -341,8 +362,9 @@ def test_snapshot_figures_match_pi(shared_fleet: Path) -> None:
     assert f.parallel_limit == pi.my_limit() == 2
     assert f.total_pending == 9
     assert f.stealable_tasks == 5  # only fresh queues: A 3 + B 0 + D 2
-    assert f.idle_instances == 2  # B, and C (no pendingTaskCount)
+    assert f.idle_instances == 1  # B's fresh queue: nothing pending, fewer than 2 orchestrations
     assert f.busy_instances == 2  # A, D
+    assert (f.remote_instances, f.total_pending, f.stealable_tasks, f.idle_instances, f.busy_instances) == pi.summary()
     assert {s: n for s, n in f.status_counts.items() if n} == {Status.ALIVE: 3, Status.STALE: 1, Status.DEAD: 1}
 
     limits = pi.dynamic_limits()
@@ -360,14 +382,14 @@ def test_snapshot_figures_match_pi(shared_fleet: Path) -> None:
 def test_snapshot_models_match_pi(shared_fleet: Path) -> None:
     pi = PiByHand(FIXTURE, NOW)
     snap = snapshot(shared_fleet)
-    expected = [(p, m, n, max(1, pi.my_limit() // n)) for p, m, n in pi.model_usage()]
-    assert sorted((tuple(m) for m in snap.models), key=lambda r: (-r[2], r[0], r[1])) == expected == [
-        ("openai", "gpt-4o", 2, 1),
-        ("anthropic", "claude-3-5-haiku-20241022", 1, 2),
-        ("anthropic", "claude-sonnet-4", 1, 2),
-        ("deepseek", "deepseek-chat", 1, 2),
-        ("openai", "gpt-4o-2024-08-06", 1, 2),
-        ("openai", "gpt-4o-mini", 1, 2),
+    # (provider, model, instances listing it, pi's limit, pi's count: prefixes either way), in pi's order
+    assert [tuple(m) for m in snap.models] == pi.model_rows() == [
+        ("openai", "gpt-4o", 2, 1, 3),
+        ("anthropic", "claude-sonnet-4", 1, 2, 1),
+        ("openai", "gpt-4o-mini", 1, 1, 2),
+        ("openai", "gpt-4o-2024-08-06", 1, 1, 3),
+        ("deepseek", "deepseek-chat", 1, 2, 1),
+        ("anthropic", "claude-3-5-haiku-20241022", 1, 2, 1),
     ]
 
 
@@ -455,12 +477,9 @@ def test_registered_coordinator_joins_the_fleet(fleet: Path) -> None:
         mine = json.loads((fleet / "instances" / f"{me}.lock").read_bytes())
         assert [(m["provider"], m["model"]) for m in mine["activeModels"]] == [("openai", "gpt-4o")]
 
-        # What pi-dash adds: the steal is claimed, so a second one takes the next entry.
-        first = coord.safe_steal_work()
-        assert (first.owner_instance_id, first.entry.id) == (D, "task-d1")
-        second = coord.safe_steal_work()  # A's queue is locked (steal_A held by D): D's next entry
-        assert (second.owner_instance_id, second.entry.id) == (D, "task-d2")
-        assert coord.stealing_stats().successful_steals == 2
+        # pi's owners run every entry they list whoever takes it: core takes none of them.
+        assert coord.safe_steal_work() is None
+        assert coord.stealing_stats().total_attempts == 0
         # pi's own files are untouched by all this.
         for iid in (A, B, C, D, E):
             assert (fleet / "instances" / f"{iid}.lock").read_bytes() == (FIXTURE / "instances" / f"{iid}.lock").read_bytes()
@@ -526,9 +545,7 @@ def test_figures_match_pi_at_any_instant(shared_fleet: Path, offset: int, total:
     assert (s.remote_instances, s.total_pending_tasks, s.stealable_tasks, s.idle_instances, s.busy_instances) == pi.summary()
     for provider, model, _ in MODEL_QUERIES:
         assert coord.instances_for_model(provider, model) == pi.instances_for_model(provider, model)
-    assert sorted((tuple(m) for m in snap.models), key=lambda r: (-r[2], r[0], r[1])) == [
-        (p, m, n, max(1, pi.my_limit() // n)) for p, m, n in pi.model_usage()
-    ]
+    assert [tuple(m) for m in snap.models] == pi.model_rows()
     if offset == 55_000:
         assert A not in pi.alive() and snap.instance(A).status is Status.DEAD
     if offset == 27_000:
@@ -687,9 +704,11 @@ def test_core_writes_pi_format(root: Path) -> None:
     )
     coord.broadcast_queue_state(3, 1, [entry], avg_latency_ms=12.5)
     q = _assert_pi_json((root / "queue-states" / f"{me}.json").read_bytes())
-    assert list(q) == ["instanceId", "timestamp", "pendingTaskCount", "avgLatencyMs", "activeOrchestrations", "stealableEntries"]
+    # pi's broadcastQueueState writes avgLatencyMs last (measured on pi's own files).
+    assert list(q) == ["instanceId", "timestamp", "pendingTaskCount", "activeOrchestrations", "stealableEntries", "avgLatencyMs", "claimableEntries"]
     assert ISO_MS_Z.match(q["timestamp"]) and q["timestamp"] == to_js_iso(utc_from_ms(clock.now_ms()))
-    assert q["stealableEntries"] == [
+    assert q["stealableEntries"] == []  # pi's thieves claim nothing: offered to claiming thieves only
+    assert q["claimableEntries"] == [
         {"id": "t1", "toolName": "subagent_run", "priority": "high", "instanceId": me, "enqueuedAt": "2026-02-18T00:15:35.675Z", "estimatedDurationMs": 1500}
     ]
     assert b'"estimatedDurationMs": 1500\n' in (root / "queue-states" / f"{me}.json").read_bytes()  # JS prints 1500, not 1500.0
@@ -819,12 +838,10 @@ def test_steal_pick_first_entry_per_victim_highest_priority_wins() -> None:
         )
 
     states = [state("a", 9, ["low", "critical"]), state("b", 3, ["normal"]), state("c", 2, ["critical"]), state("d", 5, [])]
-    victims = semantics.steal_victims(states)
-    assert [v.instance_id for v in victims] == ["a", "d", "b"]  # pending > 2, busiest first
-    assert semantics.pick_steal_entry(victims)[1].id == "b-0"  # normal beats a's first (low)
-    tie = semantics.steal_victims([state("x", 3, ["high"]), state("y", 7, ["high"])])
-    assert semantics.pick_steal_entry(tie)[1].id == "y-0"  # equal priority: the busiest
-    assert semantics.pick_steal_entry(semantics.steal_victims([state("z", 3, ["mystery", "critical"])]))[1].id == "z-0"
+    assert semantics.pick_steal_entry(states)[1].id == "b-0"  # pending > 2 only; normal beats a's first (low)
+    tie = [state("x", 3, ["high"]), state("y", 7, ["high"])]
+    assert semantics.pick_steal_entry(tie)[1].id == "x-0"  # equal priority: the first in directory order (pi's stable sort)
+    assert semantics.pick_steal_entry([state("z", 3, ["critical"]), state("w", 3, ["mystery"])])[1].id == "w-0"  # indexOf -1 sorts first
     assert semantics.should_attempt_stealing(0, [1, 3]) and not semantics.should_attempt_stealing(1, [9]) and not semantics.should_attempt_stealing(0, [2, 2])
 
 
@@ -989,10 +1006,10 @@ def entry_docs(draw) -> dict[str, Any]:
 @st.composite
 def queue_docs(draw) -> dict[str, Any]:
     doc = {"instanceId": draw(TEXT.filter(bool)), "timestamp": draw(ISO), "pendingTaskCount": draw(st.integers(0, 10_000))}
-    if draw(st.booleans()):
-        doc["avgLatencyMs"] = draw(SAFE_NUMBER)
     doc["activeOrchestrations"] = draw(st.integers(0, 100))
     doc["stealableEntries"] = draw(st.lists(entry_docs(), max_size=3))
+    if draw(st.booleans()):
+        doc["avgLatencyMs"] = draw(SAFE_NUMBER)  # pi writes it last
     return {**doc, **draw(_extras(BroadcastQueueState))}
 
 
@@ -1126,7 +1143,7 @@ def js_number_to_string(x: float) -> str:
 
 def _printed_latency(value: float) -> str:
     state = BroadcastQueueState(instance_id="x", timestamp=utc_from_ms(NOW), pending_task_count=0, avg_latency_ms=value)
-    return re.search(rb'\n  "avgLatencyMs": ([^,\n]+),\n', state.to_json()).group(1).decode()
+    return re.search(rb'\n  "avgLatencyMs": ([^,\n]+),?\n', state.to_json()).group(1).decode()
 
 
 @pytest.mark.parametrize("value", [12.0, 1234.5, 0.1, 0.25, 850.0, 1e-5, 0.00001234, 123456.789, 1e21, 1.5e300, 5e-324, 1e-7, 2.0**53 - 1])

@@ -17,8 +17,3 @@ class CoordinatorConfig(Record):
     total_max_llm: int = Field(default=DEFAULT_TOTAL_MAX_LLM, gt=0)
     heartbeat_interval_ms: int = Field(default=DEFAULT_HEARTBEAT_INTERVAL_MS, gt=0)
     heartbeat_timeout_ms: int = Field(default=DEFAULT_HEARTBEAT_TIMEOUT_MS, gt=0)
-
-    @property
-    def queue_fresh_ms(self) -> int:
-        """A queue state older than two heartbeat intervals is ignored."""
-        return 2 * self.heartbeat_interval_ms

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from functools import cached_property
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from ._base import JsNumber, JsTime, Record, to_epoch_ms
 
@@ -20,9 +20,11 @@ class ActiveModelInfo(Record):
 class InstanceInfo(Record):
     """One instance's registration and heartbeat, as pi's coordinator writes it.
 
-    ``hostname``, ``process_started_at`` and ``instance_name`` are written only
-    by ``core`` instances (pi ignores unknown keys): the first two let a reader
-    on the same host tell a dead or reused pid from a live one.
+    ``hostname``, ``process_started_at``, ``instance_name`` and
+    ``honours_claims`` are written only by ``core`` instances (pi ignores
+    unknown keys): the first two let a reader on the same host tell a dead or
+    reused pid from a live one; the last says this instance claims every entry
+    before running it, so thieves may take its entries exactly once.
     """
 
     instance_id: str = Field(min_length=1)
@@ -39,6 +41,15 @@ class InstanceInfo(Record):
     process_started_at: int | None = None
     instance_name: str | None = None  # PI_INSTANCE_ID: the name config.json's ``instances`` refers to
     draining_since: int | None = None  # epoch ms: finishing current work, taking and stealing none
+    # ``core`` instances claim every entry before running it; pi's own do not.
+    honours_claims: bool | None = None
+
+    @field_validator("honours_claims", mode="before")
+    @classmethod
+    def _only_true_honours(cls, value: object) -> bool | None:
+        # pi counts an instance whatever this key holds: an odd value must not
+        # make the whole file unreadable, it only means "does not honour claims".
+        return True if value is True else None
 
     @cached_property
     def heartbeat_ms(self) -> int:

@@ -57,14 +57,21 @@ def as_entry(value: EntryLike) -> StealableQueueEntry:
 
 
 class BroadcastQueueState(Record):
-    """An instance's advertised queue: its load and the entries it lets others steal."""
+    """An instance's advertised queue: its load and the entries it lets others steal.
+
+    ``stealable_entries`` are what pi's thieves read; pi's thieves claim nothing,
+    so a ``core`` owner lists there only what it lets run twice.
+    ``claimable_entries`` (written by ``core`` owners only; pi ignores the key)
+    are offered to thieves that claim before running, exactly once.
+    """
 
     instance_id: str = Field(min_length=1)
     timestamp: JsTime
     pending_task_count: int = Field(ge=0)
-    avg_latency_ms: JsNumber | None = Field(default=None, ge=0)
     active_orchestrations: int = 0
     stealable_entries: tuple[StealableQueueEntry, ...] = ()
+    avg_latency_ms: JsNumber | None = Field(default=None, ge=0)  # pi writes it last
+    claimable_entries: tuple[StealableQueueEntry, ...] | None = None
 
     @cached_property
     def timestamp_ms(self) -> int:

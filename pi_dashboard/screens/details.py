@@ -47,6 +47,7 @@ def describe(view: InstanceView, snapshot: FleetSnapshot) -> list[Static]:
             ("parallel limit", str(view.parallel_limit) if view.parallel_limit is not None else "-"),
             ("avg latency", f"{info.avg_latency_ms} ms" if info.avg_latency_ms is not None else "-"),
             ("host", info.hostname or "-"),
+            ("claims", "honours claims (core)" if view.honours_claims else "does not claim (pi): stolen entries may run twice"),
             ("name", info.instance_name or "-"),
             ("models", ", ".join(f"{m.provider}/{m.model} since {clock_time(m.since)}" for m in info.active_models) or "-"),
         ]
@@ -71,7 +72,9 @@ def describe(view: InstanceView, snapshot: FleetSnapshot) -> list[Static]:
                 Text(printable(state.adjustment_reason)),
             )
         parts.append(Static(models))
-    if view.stats is not None:
+    if not view.stats_recorded and info is not None:
+        parts.append(Static(_pairs([("steal attempts", "not recorded: pi keeps its stealing statistics in process memory")])))
+    elif view.stats is not None:
         stats = view.stats
         parts.append(
             Static(

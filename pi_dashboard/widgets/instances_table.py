@@ -1,4 +1,4 @@
-"""Instances: id, pid, cwd, heartbeat age, status, models, pending, limit, latency."""
+"""Instances: id, pid, status, whether it claims stolen work, heartbeat age, pending, limit, latency, models, cwd."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ class InstancesTable(KeyedTable):
         ("id", "Instance"),
         ("pid", "PID"),
         ("status", "Status"),
+        ("claims", "Claims"),
         Column("beat", "Beat", "right"),
         Column("pending", "Pend", "right"),
         Column("limit", "Lim", "right"),
@@ -70,6 +71,7 @@ class InstancesTable(KeyedTable):
             Cell(printable(view.instance_id)),
             Cell(str(info.pid) if info else "", info.pid if info else 0),
             Cell(status, STATUS_ORDER[view.status], style=status_style(self.app, view.status)),
+            Cell(("yes" if view.honours_claims else "no") if info else ""),
             Cell(duration(age, whole_seconds=True), (age // 1000) if age is not None else -1),
             Cell(str(view.pending) if info else "", view.pending),
             Cell(str(view.parallel_limit) if view.parallel_limit is not None else ""),

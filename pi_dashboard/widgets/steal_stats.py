@@ -1,4 +1,5 @@
-"""Work stealing: attempts, successes, success rate, latency, claims and the latest steals."""
+"""Work stealing: recorded attempts, successes, success rate, latency, claims, pi's queue
+figures and the latest steals."""
 
 from __future__ import annotations
 
@@ -19,8 +20,11 @@ class StealStats(TextPane):
         text.append(f"attempts {totals.attempts}  ", style="bold")
         text.append(f"stolen {totals.successes}  failed {totals.failures}\n")
         text.append(f"success {totals.success_rate:.0%}  avg {totals.avg_latency_ms:.1f} ms  claims {totals.claims}\n")
-        text.append(f"stealable now {snapshot.figures.stealable_tasks}  busy {snapshot.figures.busy_instances}")
-        text.append(f"  idle {snapshot.figures.idle_instances}\n")
+        if totals.unrecorded_instances:
+            text.append(f"pi steals: not recorded ({totals.unrecorded_instances})\n", style="dim")
+        figures = snapshot.figures
+        text.append(f"pi: stealable {figures.stealable_tasks}  busy {figures.busy_instances}  idle {figures.idle_instances}\n")
+        text.append(f"claimable {figures.claimable_tasks}\n")
         steals = [e for e in snapshot.events if e.kind == "steal"][-RECENT:]
         if steals:
             text.append("latest steals:\n", style="bold")
