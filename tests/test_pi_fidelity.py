@@ -735,3 +735,13 @@ def test_model_index_counts_as_the_plain_definitions(fleet: list[list[tuple[str,
         got = "throws"
     assert got == expected
     assert index.core_count(provider, query) == semantics.instances_for_model(alive, provider, query)
+
+
+def test_core_says_it_honours_claims_and_odd_values_mean_it_does_not(tmp_path: Path) -> None:
+    root = core_fleet(tmp_path / "runtime")
+    docs = [json.loads(p.read_bytes()) for p in sorted((root / "instances").iterdir())]
+    assert all(d["honoursClaims"] is True for d in docs)
+    for odd in ('"yes"', "1", "null", "false", "{}"):
+        raw = (root / "instances" / f"{docs[0]['instanceId']}.lock").read_text()
+        info = InstanceInfo.from_json(raw.replace('"honoursClaims": true', f'"honoursClaims": {odd}'))
+        assert info.honours_claims is None  # still a readable instance pi counts; it just does not claim
