@@ -1,8 +1,9 @@
 """Coordinator settings: built-in defaults < ``coordinator.json`` < environment < explicit overrides.
 
 pi reads the same file and variables; a value that is not a positive integer
-is ignored (the lower layer's value stays in force) and reported with where it
-came from, so a typo never crashes an instance or silently changes a limit.
+within its bound (``totalMaxLlm`` up to 100,000, times up to a day) is ignored
+(the lower layer's value stays in force) and reported with where it came from,
+so a typo never crashes an instance or silently changes a limit.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from collections.abc import Mapping
 from typing import Any, NamedTuple
 
 from .models import CoordinatorConfig
+from .models.config import MAX_HEARTBEAT_MS, MAX_TOTAL_MAX_LLM
 from .store import Store, StoreError
 
 ENV_VARS = {
@@ -23,6 +25,7 @@ ENV_VARS = {
 ENV_WORK_STEALING = "PI_ENABLE_WORK_STEALING"
 CONFIG_FILE = "coordinator.json"
 FILE_KEYS = {"totalMaxLlm": "total_max_llm", "heartbeatIntervalMs": "heartbeat_interval_ms", "heartbeatTimeoutMs": "heartbeat_timeout_ms"}
+UPPER_BOUNDS = {"total_max_llm": MAX_TOTAL_MAX_LLM, "heartbeat_interval_ms": MAX_HEARTBEAT_MS, "heartbeat_timeout_ms": MAX_HEARTBEAT_MS}
 
 
 class ConfigProblem(NamedTuple):
@@ -35,13 +38,14 @@ class ConfigProblem(NamedTuple):
         return f"{self.where}: {self.message}"
 
 
-def _positive_int(value: Any) -> int | None:
+def _positive_int(value: Any, field: str) -> int | None:
+    """``value`` as a setting of ``field``, or ``None`` when it is not a positive integer within bounds."""
     if isinstance(value, bool):
         return None
-    if isinstance(value, int):
-        return value if value > 0 else None
-    if isinstance(value, float) and value.is_integer() and value > 0:
-        return int(value)
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if isinstance(value, int) and 0 < value <= UPPER_BOUNDS[field]:
+        return value
     return None
 
 
@@ -55,10 +59,13 @@ def env_overrides(env: Mapping[str, str] | None = None) -> tuple[dict[str, int],
         if raw is None or raw == "":
             continue
         text = raw.strip()
-        if text.isascii() and text.isdigit() and int(text) > 0:
-            values[field] = int(text)
+        value = _positive_int(int(text), field) if text.isascii() and text.isdigit() and len(text) < 20 else None
+        if value is not None:
+            values[field] = value
         else:
-            problems.append(ConfigProblem("environment", f"{var}={raw!r}: not a positive integer; ignored"))
+            problems.append(
+                ConfigProblem("environment", f"{var}={raw!r}: not a positive integer up to {UPPER_BOUNDS[field]}; ignored")
+            )
     return values, problems
 
 
@@ -84,9 +91,13 @@ def file_settings(store: Store) -> tuple[dict[str, int], list[ConfigProblem]]:
     problems: list[ConfigProblem] = []
     for key, field in FILE_KEYS.items():
         if key in document:
-            value = _positive_int(document[key])
+            value = _positive_int(document[key], field)
             if value is None:
-                problems.append(ConfigProblem(where, f"key {key!r}: {document[key]!r} is not a positive integer; ignored"))
+                shown = repr(document[key])
+                shown = shown if len(shown) <= 60 else shown[:57] + "..."
+                problems.append(
+                    ConfigProblem(where, f"key {key!r}: {shown} is not a positive integer up to {UPPER_BOUNDS[field]}; ignored")
+                )
             else:
                 values[field] = value
     return values, problems
@@ -104,9 +115,9 @@ def load_config(
     for field, value in (overrides or {}).items():
         if field not in ENV_VARS:
             raise ValueError(f"unknown coordinator setting {field!r}")
-        checked = _positive_int(value)
+        checked = _positive_int(value, field)
         if checked is None:
-            raise ValueError(f"{field} must be a positive integer, not {value!r}")
+            raise ValueError(f"{field} must be a positive integer up to {UPPER_BOUNDS[field]}, not {value!r}")
         merged[field] = checked
     config = CoordinatorConfig(**merged)
     if config.heartbeat_timeout_ms <= config.heartbeat_interval_ms:

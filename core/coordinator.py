@@ -58,7 +58,6 @@ from .store import (
     QUEUES,
     STEALING_STATS,
     DirectoryStore,
-    EntryUnreadable,
     RecordCache,
     Store,
     StoreError,
@@ -341,25 +340,32 @@ class Coordinator:
         """Mean response time of the successful requests ``llm_slot`` timed (recent ones)."""
         return self.adjuster.mean_response_ms() if self.adjuster is not None else None
 
-    def enhanced_heartbeat(self) -> None:
+    def enhanced_heartbeat(self) -> list[str]:
         """Heartbeat, then tidy up after dead instances, stale queues, expired locks and claims.
 
-        Each tidying step stands alone: one that fails (a hostile file, a full
-        disk) is logged and the others still run.
+        Each step stands alone: one that fails (a hostile file, a full disk, a
+        bug) is logged and returned as ``"step: reason"``, and the next step
+        still runs.  Never raises.
         """
-        self.heartbeat()
-        for step in (
-            self.cleanup_dead_instances,
-            self.cleanup_queue_states,
-            self.cleanup_expired_locks,
-            self.cleanup_claims,
-            self.cleanup_orphans,
-            lambda: self.store.sweep(TEMP_FILE_MAX_AGE_MS),
+        failures = []
+        for name, step in (
+            ("heartbeat", self.heartbeat),
+            ("dead instances", self.cleanup_dead_instances),
+            ("queue states", self.cleanup_queue_states),
+            ("expired locks", self.cleanup_expired_locks),
+            ("claims", self.cleanup_claims),
+            ("orphans", self.cleanup_orphans),
+            ("temporary files", lambda: self.store.sweep(TEMP_FILE_MAX_AGE_MS)),
         ):
             try:
                 step()
             except StoreError as exc:
-                log.warning("cleanup step failed: %s", exc)
+                failures.append(f"{name}: {exc}")
+                log.warning("%s step failed: %s", name, exc)
+            except Exception as exc:  # a step's bug must not stop the steps after it
+                failures.append(f"{name}: {type(exc).__name__}: {exc}")
+                log.exception("%s step failed", name)
+        return failures
 
     def update_workload(self, pending_task_count: int, avg_latency_ms: float | None = None) -> None:
         """Publish this instance's load in its heartbeat file."""
@@ -494,8 +500,11 @@ class Coordinator:
             if entry.record is None or entry.raw is None:
                 continue
             if semantics.is_expired_queue_state(entry.record, now):
-                if self.store.delete_if(QUEUES, key, entry.raw):
-                    removed.append(key)
+                try:
+                    if self.store.delete_if(QUEUES, key, entry.raw):
+                        removed.append(key)
+                except StoreError as exc:
+                    log.warning("could not remove queue state %s: %s", key, exc)
         return removed
 
     # ------------------------------------------------------------- stealing
@@ -619,13 +628,13 @@ class Coordinator:
                 file_old = now - entry.modified_ms >= timeout
                 pid_gone = pid is None or procs.check(pid, registered_ms=entry.modified_ms) is Liveness.DEAD
                 dead = file_old and pid_gone
-            if dead and self.store.delete_if(INSTANCES, key, entry.raw):
-                removed.append(key)
-                try:
+            try:
+                if dead and self.store.delete_if(INSTANCES, key, entry.raw):
+                    removed.append(key)
                     self._remove_queue_state_of(key)
                     self.store.delete(PARALLELISM, key)  # its in-flight slots died with it
-                except StoreError as exc:  # e.g. a name too long for another space
-                    log.warning("could not remove all state of %s: %s", key, exc)
+            except StoreError as exc:  # one instance's files must not keep the others'
+                log.warning("could not remove all state of %s: %s", key, exc)
         for key in removed:
             self.events.emit("cleanup", f"removed dead instance {key}")
         return removed
@@ -636,7 +645,7 @@ class Coordinator:
         control requests after ten minutes (long enough to show "offline"),
         stealing statistics after a day."""
         now = self.clock.now_ms()
-        instances = set(self.store.keys(INSTANCES))
+        instance_keys = self.store.keys(INSTANCES)
         removed = []
         orphan_ages = (
             (PARALLELISM, self.config.heartbeat_timeout_ms),
@@ -644,15 +653,16 @@ class Coordinator:
             (STEALING_STATS, ORPHAN_STATS_MAX_AGE_MS),
         )
         for space, max_age in orphan_ages:
+            instances = {self.store.listed_key(space, key) for key in instance_keys}
             for key in self.store.keys(space):
                 if key in instances:
                     continue
                 try:
                     blob = self.store.read(space, key)
-                except EntryUnreadable:
-                    continue
-                if blob is not None and now - blob.modified_ms >= max_age and self.store.delete_if(space, key, blob.data):
-                    removed.append(f"{space.name}/{key}")
+                    if blob is not None and now - blob.modified_ms >= max_age and self.store.delete_if(space, key, blob.data):
+                        removed.append(f"{space.name}/{key}")
+                except StoreError as exc:
+                    log.warning("could not remove %s/%s: %s", space.name, key, exc)
         return removed
 
     def _is_dead(self, info: InstanceInfo, modified_ms: int, now: int) -> bool:

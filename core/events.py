@@ -11,6 +11,14 @@ from .store import Store, StoreError
 log = logging.getLogger("pi_dash.core.events")
 
 
+def _storable(text: str | None) -> str | None:
+    """Text JSON can hold: a key from a file name that is not UTF-8 carries lone
+    surrogates, spelled here as ``\\udcff`` rather than failing the event."""
+    if text is None or text.isascii():
+        return text
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
 class EventLog:
     def __init__(self, store: Store, instance_id: str | None = None, clock: Clock = SYSTEM_CLOCK) -> None:
         self.store = store
@@ -20,7 +28,12 @@ class EventLog:
     def emit(self, kind: str, message: str, *, provider: str | None = None, model: str | None = None) -> FleetEvent:
         """Append an event; a failing log never breaks the caller (it is logged instead)."""
         event = FleetEvent(
-            at=self.clock.now_ms(), kind=kind, message=message, instance_id=self.instance_id, provider=provider, model=model
+            at=self.clock.now_ms(),
+            kind=_storable(kind),
+            message=_storable(message),
+            instance_id=_storable(self.instance_id),
+            provider=_storable(provider),
+            model=_storable(model),
         )
         try:
             self.store.append_event(event.model_dump_json(by_alias=True).encode())

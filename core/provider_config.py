@@ -23,6 +23,10 @@ from typing import Annotated, Any
 from pydantic import BaseModel, ConfigDict, Field, Strict, ValidationError, model_validator
 from pydantic.alias_generators import to_camel
 
+from .models._base import MAX_BURST, MAX_DURATION_MS, MAX_RATE, MIN_RATE
+from .store import EntryUnreadable
+from .store.directory import read_regular_file
+
 DEFAULT_PROVIDER_LIMITS: dict[str, tuple[int, int]] = {
     "openai": (500, 100),
     "anthropic": (50, 25),
@@ -33,13 +37,11 @@ FALLBACK_LIMIT = (60, 10)  # for a provider nobody configured
 ENV_CONFIG = "PI_CONFIG"
 ENV_INSTANCE_NAME = "PI_INSTANCE_ID"
 MAX_PROVIDER_NAME = 100
+MAX_CONFIG_BYTES = 1 << 20  # a config.json is a few hundred bytes; /dev/zero is not one
 
-
-MAX_RATE = 1e9  # requests per minute; anything above is a typo, and would overflow the arithmetic
-MAX_BURST = 10**9
-
-# Strict: JSON's true is not the number 1, and "500" is not 500.
-Rate = Annotated[float, Strict(), Field(gt=0, le=MAX_RATE)]
+# Strict: JSON's true is not the number 1, and "500" is not 500.  Bounded both ways:
+# 1e-300 requests a minute would overflow every wait computed from it.
+Rate = Annotated[float, Strict(), Field(ge=MIN_RATE, le=MAX_RATE)]
 Burst = Annotated[int, Strict(), Field(gt=0, le=MAX_BURST)]
 
 
@@ -62,11 +64,11 @@ class ProviderLimit(_Config):
 
 class AdaptiveRateControl(_Config):
     enabled: Annotated[bool, Strict()] = True
-    reduction_factor: Annotated[float, Strict(), Field(gt=0, lt=1)] = 0.9
+    reduction_factor: Annotated[float, Strict(), Field(ge=0.01, lt=1)] = 0.9
     recovery_factor: Annotated[float, Strict(), Field(gt=1, le=10)] = 1.05
     min_requests_per_minute: Rate | None = None
     max_requests_per_minute: Rate | None = None
-    quiet_period_ms: Annotated[int, Strict(), Field(gt=0, le=86_400_000)] = 60_000
+    quiet_period_ms: Annotated[int, Strict(), Field(gt=0, le=min(86_400_000, MAX_DURATION_MS))] = 60_000
 
     @model_validator(mode="after")
     def _ordered(self) -> AdaptiveRateControl:
@@ -191,13 +193,13 @@ def load_settings(path: str | os.PathLike[str] | None) -> CrossInstanceSettings:
         return default_settings()
     source = str(path)
     try:
-        raw = Path(path).read_bytes()
+        raw = read_regular_file(path, MAX_CONFIG_BYTES)
     except FileNotFoundError:
         base = default_settings()
         return CrossInstanceSettings(base.providers, base.adaptive, {}, source, (f"{source}: not found; defaults used",))
-    except OSError as exc:
+    except EntryUnreadable as exc:
         base = default_settings()
-        return CrossInstanceSettings(base.providers, base.adaptive, {}, source, (f"{source}: {exc.strerror}; defaults used",))
+        return CrossInstanceSettings(base.providers, base.adaptive, {}, source, (f"{source}: {exc.reason}; defaults used",))
     try:
         document = json.loads(raw)
     except (ValueError, RecursionError) as exc:

@@ -37,6 +37,7 @@ from .models import (
 )
 from .procs import Liveness, LivenessCache
 from .semantics import uses_model
+from .stealing import claim_pair
 from .store import (
     BACKOFF,
     CLAIMS,
@@ -561,8 +562,8 @@ class SnapshotBuilder:
         ]
         queue_by_id = {q.instance_id: q for q in queues}
         claims_per_owner: dict[str, int] = {}
-        for key in self._caches[CLAIMS].entries:
-            owner = key.rpartition("/")[0]
+        for key, loaded in self._caches[CLAIMS].entries.items():
+            owner = claim_pair(key, loaded.record)[0]
             claims_per_owner[owner] = claims_per_owner.get(owner, 0) + 1
         problems = []
         for space, cache in self._caches.items():

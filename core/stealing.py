@@ -6,6 +6,10 @@ the owner itself before it runs its own entry) must first *claim* it with the
 store's atomic create-if-absent under ``pi-dash/claims/``: exactly one claim
 succeeds.  The ``steal:{owner}`` lock pi uses is still taken around a steal so
 that pi's own thieves and ours keep out of each other's way.
+
+A claim's key is ``{owner}/{entryId}``; when that cannot be a file name (a long
+or hostile id) the store gives it a bounded name without the ``/``, and the
+pair is read from the claim itself, which always names owner and entry.
 """
 
 from __future__ import annotations
@@ -30,8 +34,16 @@ def claim_key(owner_instance_id: str, entry_id: str) -> str:
 
 
 def split_claim_key(key: str) -> tuple[str, str]:
+    """``(owner, entryId)`` as a claim's key spells them (a bounded name spells neither: no ``/``)."""
     owner, _, entry_id = key.rpartition(CLAIM_SEPARATOR)
     return owner, entry_id
+
+
+def claim_pair(key: str, claim: StealClaim | None) -> tuple[str, str]:
+    """``(owner, entryId)`` of a claim: from the record when there is one, else from its key."""
+    if claim is not None:
+        return claim.owner_instance_id, claim.entry_id
+    return split_claim_key(key)
 
 
 def steal_resource(owner_instance_id: str) -> str:
@@ -96,8 +108,19 @@ class StealingService:
     def claimed_pairs(self, owners: Iterable[str] | None = None) -> frozenset[tuple[str, str]]:
         """``(owner, entryId)`` of every claim, optionally only for ``owners``."""
         wanted = None if owners is None else set(owners)
-        pairs = (split_claim_key(key) for key in self.store.keys(CLAIMS))
-        return frozenset(p for p in pairs if wanted is None or p[0] in wanted)
+        pairs = set()
+        for key in self.store.keys(CLAIMS):
+            pair = split_claim_key(key) if CLAIM_SEPARATOR in key else self._read_pair(key)
+            if pair is not None and (wanted is None or pair[0] in wanted):
+                pairs.add(pair)
+        return frozenset(pairs)
+
+    def _read_pair(self, key: str) -> tuple[str, str] | None:
+        try:
+            found = read_record(self.store, CLAIMS, key, StealClaim)
+        except (CorruptRecord, StoreError):
+            return None
+        return None if found is None else claim_pair(key, found[0])
 
     # ---------------------------------------------------------------- steal
     def safe_steal(self, remote_states: Iterable[BroadcastQueueState]) -> StolenWork | None:
@@ -190,7 +213,7 @@ class StealingService:
         for key, loaded in claims.items():
             if loaded.raw is None:
                 continue
-            owner, entry_id = split_claim_key(key)
+            owner, entry_id = claim_pair(key, loaded.record)
             state = queue_states.get(owner)
             offered = state is not None and any(
                 e.id == entry_id for e in (*state.stealable_entries, *offered_to_claiming_thieves(state))

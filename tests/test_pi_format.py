@@ -60,6 +60,7 @@ from core.models import (
     StealableQueueEntry,
     to_js_iso,
 )
+from core.models._base import MAX_DURATION_MS, MAX_EPOCH_MS, MIN_EPOCH_MS, JsNumber, Record
 from core.procs import Liveness
 from core.snapshot import SnapshotBuilder, Status
 from core.store import DirectoryStore
@@ -946,7 +947,10 @@ SAFE_FLOAT = (
     st.floats(min_value=1e-4, max_value=2.0**53, allow_nan=False, allow_infinity=False) | st.just(0.0)
 ).map(_js_float)  # where Python's json and JavaScript print numbers alike
 SAFE_NUMBER = st.integers(0, 2**53) | SAFE_FLOAT
-ISO = st.integers(0, 253_402_300_799_999).map(iso_from_ms)
+# What pi writes, and so what the records accept: times in the years 2000-2199, durations up to a century.
+EPOCH_MS = st.integers(MIN_EPOCH_MS, MAX_EPOCH_MS - 1)
+DURATION = st.integers(0, MAX_DURATION_MS) | SAFE_FLOAT.filter(lambda x: x <= MAX_DURATION_MS)
+ISO = EPOCH_MS.map(iso_from_ms)
 JSON_VALUES = st.recursive(
     st.none() | st.booleans() | st.integers(-(2**53), 2**53) | SAFE_FLOAT | st.floats(-1e6, -1e-4).map(_js_float) | TEXT,
     lambda inner: st.lists(inner, max_size=3) | st.dictionaries(TEXT, inner, max_size=3),
@@ -968,7 +972,7 @@ def active_model_docs(draw) -> dict[str, Any]:
 def instance_docs(draw) -> dict[str, Any]:
     doc = {
         "instanceId": draw(TEXT.filter(bool)),
-        "pid": draw(st.integers(0, 2**31)),
+        "pid": draw(st.integers(0, 2**31 - 1)),
         "sessionId": draw(TEXT),
         "startedAt": draw(ISO),
         "lastHeartbeat": draw(ISO),
@@ -977,10 +981,10 @@ def instance_docs(draw) -> dict[str, Any]:
     }
     for key, strategy in [
         ("pendingTaskCount", st.integers(0, 10_000)),
-        ("avgLatencyMs", SAFE_NUMBER),
+        ("avgLatencyMs", DURATION),
         ("lastTaskCompletedAt", ISO),
         ("hostname", TEXT),
-        ("processStartedAt", st.integers(0, 2**53)),
+        ("processStartedAt", EPOCH_MS),
     ]:
         if draw(st.booleans()):
             doc[key] = draw(strategy)
@@ -997,7 +1001,7 @@ def entry_docs(draw) -> dict[str, Any]:
         "enqueuedAt": draw(ISO),
     }
     if draw(st.booleans()):
-        doc["estimatedDurationMs"] = draw(SAFE_NUMBER)
+        doc["estimatedDurationMs"] = draw(DURATION)
     if draw(st.booleans()):
         doc["estimatedRounds"] = draw(st.integers(0, 1_000))
     return {**doc, **draw(_extras(StealableQueueEntry))}
@@ -1009,17 +1013,17 @@ def queue_docs(draw) -> dict[str, Any]:
     doc["activeOrchestrations"] = draw(st.integers(0, 100))
     doc["stealableEntries"] = draw(st.lists(entry_docs(), max_size=3))
     if draw(st.booleans()):
-        doc["avgLatencyMs"] = draw(SAFE_NUMBER)  # pi writes it last
+        doc["avgLatencyMs"] = draw(DURATION)  # pi writes it last
     return {**doc, **draw(_extras(BroadcastQueueState))}
 
 
 @st.composite
 def lock_docs(draw) -> dict[str, Any]:
-    acquired = draw(st.integers(0, 2**52))
+    acquired = draw(st.integers(MIN_EPOCH_MS, MIN_EPOCH_MS + 2**42))
     doc = {
         "lockId": draw(TEXT.filter(bool)),
         "acquiredAt": acquired,
-        "expiresAt": acquired + draw(st.integers(0, 2**52)),
+        "expiresAt": acquired + draw(st.integers(0, 2**40)),
         "resource": draw(TEXT),
     }
     return {**doc, **draw(_extras(DistributedLock))}
@@ -1045,7 +1049,7 @@ def test_pi_documents_round_trip_byte_for_byte(case: tuple[type, dict[str, Any]]
 
 # ------------------------------------------ records: generated in Python
 MS_DATETIMES = st.datetimes(
-    min_value=datetime(1970, 1, 1), max_value=datetime(9999, 12, 31), timezones=st.just(timezone.utc)
+    min_value=datetime(2000, 1, 1), max_value=datetime(2199, 12, 31), timezones=st.just(timezone.utc)
 ).map(lambda d: d.replace(microsecond=d.microsecond // 1000 * 1000))
 
 
@@ -1053,7 +1057,7 @@ MS_DATETIMES = st.datetimes(
 def instance_records(draw) -> InstanceInfo:
     return InstanceInfo(
         instance_id=draw(TEXT.filter(bool)),
-        pid=draw(st.integers(0, 2**31)),
+        pid=draw(st.integers(0, 2**31 - 1)),
         session_id=draw(TEXT),
         started_at=draw(MS_DATETIMES),
         last_heartbeat=draw(MS_DATETIMES),
@@ -1062,7 +1066,7 @@ def instance_records(draw) -> InstanceInfo:
             ActiveModelInfo(provider=p, model=m, since=s) for p, m, s in draw(st.lists(st.tuples(TEXT, TEXT, MS_DATETIMES), max_size=3))
         ),
         pending_task_count=draw(st.none() | st.integers(0, 10_000)),
-        avg_latency_ms=draw(st.none() | SAFE_NUMBER),
+        avg_latency_ms=draw(st.none() | DURATION),
         last_task_completed_at=draw(st.none() | MS_DATETIMES),
     )
 
@@ -1073,7 +1077,7 @@ def queue_records(draw) -> BroadcastQueueState:
         instance_id=draw(TEXT.filter(bool)),
         timestamp=draw(MS_DATETIMES),
         pending_task_count=draw(st.integers(0, 10_000)),
-        avg_latency_ms=draw(st.none() | SAFE_NUMBER),
+        avg_latency_ms=draw(st.none() | DURATION),
         active_orchestrations=draw(st.integers(0, 50)),
         stealable_entries=tuple(
             StealableQueueEntry(
@@ -1081,7 +1085,7 @@ def queue_records(draw) -> BroadcastQueueState:
             )
             for i, t, p, o, at, d, r in draw(
                 st.lists(
-                    st.tuples(TEXT, TEXT, TEXT, TEXT, MS_DATETIMES, st.none() | SAFE_NUMBER, st.none() | st.integers(0, 99)),
+                    st.tuples(TEXT, TEXT, TEXT, TEXT, MS_DATETIMES, st.none() | DURATION, st.none() | st.integers(0, 99)),
                     max_size=3,
                 )
             )
@@ -1091,7 +1095,7 @@ def queue_records(draw) -> BroadcastQueueState:
 
 @st.composite
 def lock_records(draw) -> DistributedLock:
-    acquired = draw(st.integers(0, 2**52))
+    acquired = draw(st.integers(MIN_EPOCH_MS, MIN_EPOCH_MS + 2**42))
     return DistributedLock(
         lock_id=draw(TEXT.filter(bool)), acquired_at=acquired, expires_at=acquired + draw(st.integers(0, 10**9)), resource=draw(TEXT)
     )
@@ -1141,9 +1145,16 @@ def js_number_to_string(x: float) -> str:
     return f"{mantissa}e{'+' if e >= 0 else '-'}{abs(e)}"
 
 
+class _Number(Record):
+    """Every number field of the records prints through ``JsNumber``'s serializer; this one
+    has no range, so the printing is tested at every magnitude."""
+
+    avg_latency_ms: JsNumber
+    after: int = 0
+
+
 def _printed_latency(value: float) -> str:
-    state = BroadcastQueueState(instance_id="x", timestamp=utc_from_ms(NOW), pending_task_count=0, avg_latency_ms=value)
-    return re.search(rb'\n  "avgLatencyMs": ([^,\n]+),?\n', state.to_json()).group(1).decode()
+    return re.search(rb'\n  "avgLatencyMs": ([^,\n]+),?\n', _Number(avg_latency_ms=value).to_json()).group(1).decode()
 
 
 @pytest.mark.parametrize("value", [12.0, 1234.5, 0.1, 0.25, 850.0, 1e-5, 0.00001234, 123456.789, 1e21, 1.5e300, 5e-324, 1e-7, 2.0**53 - 1])

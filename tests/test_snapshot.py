@@ -57,7 +57,7 @@ def test_future_heartbeat_is_reported_as_clock_skew(store, clock):
 def test_corrupt_and_unknown_version_files_are_problems_not_crashes(store, root, clock):
     store.write(INSTANCES, "ok", _instance("ok", clock.now_ms()).to_json())
     (root / "instances" / "torn.lock").write_bytes(b'{"instanceId": "torn", "pid": 1')
-    future = StealClaim(owner_instance_id="ok", entry_id="e", claimed_by="x", claimed_at=1, format_version=99)
+    future = StealClaim(owner_instance_id="ok", entry_id="e", claimed_by="x", claimed_at=clock.now_ms(), format_version=99)
     store.write(STEALING_STATS, "ok", b"[]")
     from core.store import CLAIMS
 

@@ -19,6 +19,7 @@ from pydantic import (
     AfterValidator,
     BaseModel,
     ConfigDict,
+    Field,
     PlainSerializer,
     ValidationError,
     model_serializer,
@@ -72,15 +73,66 @@ def _js_number(value: int | float) -> int | float:
     return value
 
 
+# Every number a record holds is finite and in a range the arithmetic and the
+# renderers can take: a file written by a bug elsewhere (``"at": 1e17``) is a
+# problem named with its key, never a crash of whoever reads it later.
+MIN_TIME = datetime(2000, 1, 1, tzinfo=timezone.utc)
+MAX_TIME = datetime(2200, 1, 1, tzinfo=timezone.utc)
+MIN_EPOCH_MS = 946_684_800_000  # MIN_TIME
+MAX_EPOCH_MS = 7_258_118_400_000  # MAX_TIME
+MAX_COUNT = 2**53  # JavaScript's largest exact integer
+MAX_DURATION_MS = 100 * 365 * 86_400_000  # a century
+MAX_RATE = 1e9  # requests per minute; anything above is a typo
+MIN_RATE = 1e-3  # one request in about 17 hours; anything below would overflow the waits
+MAX_BURST = 10**9
+
+
+def _in_time_range(moment: datetime) -> datetime:
+    if not MIN_TIME <= moment < MAX_TIME:
+        raise ValueError(f"time {moment.isoformat()} is outside the years 2000-2199")
+    return moment
+
+
+def _epoch_or_never(value: int | float) -> int | float:
+    """0 means "never"; anything else must be a time in the years 2000-2199."""
+    if value != 0 and not MIN_EPOCH_MS <= value < MAX_EPOCH_MS:
+        raise ValueError(f"{value!r} is neither 0 nor an epoch-ms time in the years 2000-2199")
+    return value
+
+
 JsTime = Annotated[
     datetime,
     AfterValidator(_assume_utc),
+    AfterValidator(_in_time_range),
     PlainSerializer(to_js_iso, return_type=str),
 ]
-"""A timestamp stored as ``2026-02-18T00:15:35.675Z``."""
+"""A timestamp stored as ``2026-02-18T00:15:35.675Z`` (years 2000-2199)."""
 
 JsNumber = Annotated[int | float, PlainSerializer(_js_number)]
-"""A JSON number that may be integral or fractional, printed the way JS prints it."""
+"""A JSON number that may be integral or fractional, printed the way JS prints it
+(finite: every record refuses NaN and infinities)."""
+
+EpochMs = Annotated[int, Field(ge=MIN_EPOCH_MS, lt=MAX_EPOCH_MS)]
+"""A time in epoch milliseconds, in the years 2000-2199."""
+
+EpochMsOrNever = Annotated[int, AfterValidator(_epoch_or_never)]
+"""An :data:`EpochMs`, or 0 for "never"."""
+
+EpochMsFraction = Annotated[int | float, AfterValidator(_epoch_or_never), PlainSerializer(_js_number)]
+"""A fractional :data:`EpochMsOrNever` (a GCRA arrival time)."""
+
+Count = Annotated[int, Field(ge=0, le=MAX_COUNT)]
+"""How many of something: an integer from 0 to 2**53."""
+
+DurationMs = Annotated[int | float, Field(ge=0, le=MAX_DURATION_MS), PlainSerializer(_js_number)]
+"""A non-negative span of milliseconds, at most a century."""
+
+Factor = Annotated[int | float, Field(ge=0, le=MAX_COUNT), PlainSerializer(_js_number)]
+"""A non-negative multiplier."""
+
+RequestsPerMinute = Annotated[int | float, Field(ge=MIN_RATE, le=MAX_RATE), PlainSerializer(_js_number)]
+Burst = Annotated[int, Field(ge=1, le=MAX_BURST)]
+Pid = Annotated[int, Field(ge=0, le=2**31 - 1)]
 
 
 class Record(BaseModel):

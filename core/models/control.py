@@ -8,17 +8,17 @@ from __future__ import annotations
 
 from typing import Literal
 
-from ._base import Record
+from ._base import Count, EpochMs, Record
 from .stealing import FORMAT_VERSION
 
 
 class ControlRequest(Record):
     VERSIONED = True
 
-    format_version: int = FORMAT_VERSION
+    format_version: Count = FORMAT_VERSION
     instance_id: str
     action: Literal["drain"]
-    requested_at: int  # epoch ms
+    requested_at: EpochMs
     requested_by: str
-    acknowledged_at: int | None = None  # the instance saw it and is draining
-    completed_at: int | None = None  # the instance finished its work and went offline
+    acknowledged_at: EpochMs | None = None  # the instance saw it and is draining
+    completed_at: EpochMs | None = None  # the instance finished its work and went offline

@@ -6,7 +6,7 @@ from functools import cached_property
 
 from pydantic import Field, field_validator
 
-from ._base import JsNumber, JsTime, Record, to_epoch_ms
+from ._base import Count, DurationMs, EpochMs, JsTime, Pid, Record, to_epoch_ms
 
 
 class ActiveModelInfo(Record):
@@ -28,19 +28,19 @@ class InstanceInfo(Record):
     """
 
     instance_id: str = Field(min_length=1)
-    pid: int
+    pid: Pid
     session_id: str
     started_at: JsTime
     last_heartbeat: JsTime
     cwd: str
     active_models: tuple[ActiveModelInfo, ...] = ()
-    pending_task_count: int | None = Field(default=None, ge=0)
-    avg_latency_ms: JsNumber | None = Field(default=None, ge=0)
+    pending_task_count: Count | None = None
+    avg_latency_ms: DurationMs | None = None
     last_task_completed_at: JsTime | None = None
     hostname: str | None = None
-    process_started_at: int | None = None
+    process_started_at: EpochMs | None = None
     instance_name: str | None = None  # PI_INSTANCE_ID: the name config.json's ``instances`` refers to
-    draining_since: int | None = None  # epoch ms: finishing current work, taking and stealing none
+    draining_since: EpochMs | None = None  # epoch ms: finishing current work, taking and stealing none
     # ``core`` instances claim every entry before running it; pi's own do not.
     honours_claims: bool | None = None
 

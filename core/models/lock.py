@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pydantic import Field
 
-from ._base import Record
+from ._base import EpochMs, Record
 
 
 class DistributedLock(Record):
@@ -16,8 +16,8 @@ class DistributedLock(Record):
     """
 
     lock_id: str = Field(min_length=1)
-    acquired_at: int
-    expires_at: int
+    acquired_at: EpochMs
+    expires_at: EpochMs
     resource: str
 
     @property

@@ -6,11 +6,23 @@ other instances and the dashboard see who is backing off and why.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import Field
+from pydantic import AfterValidator, Field
 
-from ._base import JsNumber, Record
+from ._base import (
+    MAX_EPOCH_MS,
+    MIN_EPOCH_MS,
+    Burst,
+    Count,
+    DurationMs,
+    EpochMs,
+    EpochMsFraction,
+    EpochMsOrNever,
+    Factor,
+    Record,
+    RequestsPerMinute,
+)
 from .stealing import FORMAT_VERSION
 
 ErrorType = Literal["429", "timeout", "error"]
@@ -18,7 +30,7 @@ ErrorType = Literal["429", "timeout", "error"]
 
 class RecentError(Record):
     type: ErrorType
-    timestamp: int  # epoch ms
+    timestamp: EpochMs
     instance_id: str | None = None  # set when the error was seen by another instance
 
 
@@ -27,21 +39,21 @@ class ModelParallelism(Record):
 
     provider: str
     model: str
-    base_parallelism: int
-    current_parallelism: int
-    min_parallelism: int
-    max_parallelism: int
-    effective_parallelism: int
-    cross_instance_multiplier: JsNumber = 1
+    base_parallelism: Count
+    current_parallelism: Count
+    min_parallelism: Count
+    max_parallelism: Count
+    effective_parallelism: Count
+    cross_instance_multiplier: Factor = 1
     adjustment_reason: str = "initial"
-    last_adjusted_at: int = 0
-    active_requests: int = 0
+    last_adjusted_at: EpochMsOrNever = 0
+    active_requests: Count = 0
     recent_errors: tuple[RecentError, ...] = ()
-    recent429_count: int = 0
-    avg_response_ms: JsNumber = 0
+    recent429_count: Count = 0
+    avg_response_ms: DurationMs = 0
     healthy: bool = True
-    recommended_backoff_ms: int = 0
-    backoff_until: int | None = None  # the fleet's shared deadline, when one is in force
+    recommended_backoff_ms: DurationMs = 0
+    backoff_until: EpochMs | None = None  # the fleet's shared deadline, when one is in force
 
 
 class InstanceParallelism(Record):
@@ -49,16 +61,16 @@ class InstanceParallelism(Record):
 
     VERSIONED = True
 
-    format_version: int = FORMAT_VERSION
+    format_version: Count = FORMAT_VERSION
     instance_id: str
-    updated_at: int
+    updated_at: EpochMs
     models: dict[str, ModelParallelism] = Field(default_factory=dict)
 
 
 class Backoff429(Record):
-    at: int
+    at: EpochMs
     instance_id: str
-    retry_after_ms: int | None = None
+    retry_after_ms: DurationMs | None = None
 
 
 class SharedBackoff(Record):
@@ -70,10 +82,10 @@ class SharedBackoff(Record):
 
     VERSIONED = True
 
-    format_version: int = FORMAT_VERSION
+    format_version: Count = FORMAT_VERSION
     provider: str
     model: str
-    until: int = 0
+    until: EpochMsOrNever = 0
     # to_camel would spell it "recent429S"
     recent429s: tuple[Backoff429, ...] = Field(default=(), alias="recent429s")
 
@@ -87,7 +99,17 @@ GRANT_SLOT_S = 5  # usage is counted per 5-second slot: 12 numbers a minute to k
 class GcraBucket(Record):
     """A generic cell rate algorithm bucket: the theoretical arrival time, in epoch ms."""
 
-    tat: JsNumber = 0
+    tat: EpochMsFraction = 0
+
+
+def _grant_slot(key: str) -> str:
+    """A key of ``grantsPerSecond``: the epoch second starting a slot, in decimal digits."""
+    if not (key.isascii() and key.isdigit() and MIN_EPOCH_MS // 1000 <= int(key) < MAX_EPOCH_MS // 1000):
+        raise ValueError(f"{key[:40]!r} is not an epoch second in the years 2000-2199")
+    return key
+
+
+GrantSlot = Annotated[str, AfterValidator(_grant_slot)]
 
 
 class ProviderRateState(Record):
@@ -96,17 +118,17 @@ class ProviderRateState(Record):
 
     VERSIONED = True
 
-    format_version: int = FORMAT_VERSION
+    format_version: Count = FORMAT_VERSION
     provider: str
-    requests_per_minute: JsNumber  # configured limit
-    burst: int
-    effective_requests_per_minute: JsNumber  # after adaptive control
-    last429_at: int | None = None
-    last_change_at: int | None = None
+    requests_per_minute: RequestsPerMinute  # configured limit
+    burst: Burst
+    effective_requests_per_minute: RequestsPerMinute  # after adaptive control
+    last429_at: EpochMs | None = None
+    last_change_at: EpochMs | None = None
     buckets: dict[str, GcraBucket] = Field(default_factory=dict)
     # epoch second starting a GRANT_SLOT_S slot -> grants in that slot, over the last minute
-    grants_per_second: dict[str, int] = Field(default_factory=dict)
-    total_grants: int = 0
+    grants_per_second: dict[GrantSlot, Count] = Field(default_factory=dict)
+    total_grants: Count = 0
 
     def used_last_minute(self, now_ms: int) -> int:
         """Grants in the last minute, to the slot (a few seconds' precision is plenty for a gauge)."""
@@ -117,7 +139,7 @@ class ProviderRateState(Record):
 class FleetEvent(Record):
     """One line of the fleet's event log (``pi-dash/events.jsonl``)."""
 
-    at: int
+    at: EpochMs
     kind: str  # 429 | parallelism | steal | drain | lock-release | rate-limit | ...
     message: str
     instance_id: str | None = None

@@ -9,7 +9,7 @@ from typing import Any
 
 from pydantic import Field
 
-from ._base import JsNumber, JsTime, Record, to_epoch_ms
+from ._base import Count, DurationMs, JsTime, Record, to_epoch_ms
 
 
 class Priority(IntEnum):
@@ -38,8 +38,8 @@ class StealableQueueEntry(Record):
     priority: str
     instance_id: str
     enqueued_at: JsTime
-    estimated_duration_ms: JsNumber | None = None
-    estimated_rounds: int | None = None
+    estimated_duration_ms: DurationMs | None = None
+    estimated_rounds: Count | None = None
 
     @property
     def priority_rank(self) -> int:
@@ -67,10 +67,10 @@ class BroadcastQueueState(Record):
 
     instance_id: str = Field(min_length=1)
     timestamp: JsTime
-    pending_task_count: int = Field(ge=0)
-    active_orchestrations: int = 0
+    pending_task_count: Count
+    active_orchestrations: Count = 0
     stealable_entries: tuple[StealableQueueEntry, ...] = ()
-    avg_latency_ms: JsNumber | None = Field(default=None, ge=0)  # pi writes it last
+    avg_latency_ms: DurationMs | None = None  # pi writes it last
     claimable_entries: tuple[StealableQueueEntry, ...] | None = None
 
     @cached_property

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-from pydantic import Field
-
-from ._base import JsNumber, Record
+from ._base import Count, DurationMs, EpochMs, Record
 from .queue import StealableQueueEntry
 
 FORMAT_VERSION = 1
@@ -21,15 +19,15 @@ class StealingStats(Record):
     KEEP_NULL = frozenset({"last_attempt_at", "last_success_at"})
     VERSIONED = True
 
-    format_version: int = FORMAT_VERSION
+    format_version: Count = FORMAT_VERSION
     instance_id: str
-    total_attempts: int = Field(default=0, ge=0)
-    successful_steals: int = Field(default=0, ge=0)
-    failed_attempts: int = Field(default=0, ge=0)
-    last_attempt_at: int | None = None
-    last_success_at: int | None = None
-    avg_latency_ms: JsNumber = 0
-    latency_samples: tuple[JsNumber, ...] = ()
+    total_attempts: Count = 0
+    successful_steals: Count = 0
+    failed_attempts: Count = 0
+    last_attempt_at: EpochMs | None = None
+    last_success_at: EpochMs | None = None
+    avg_latency_ms: DurationMs = 0
+    latency_samples: tuple[DurationMs, ...] = ()
 
     @property
     def success_rate(self) -> float:
@@ -59,9 +57,9 @@ class StealClaim(Record):
 
     VERSIONED = True
 
-    format_version: int = FORMAT_VERSION
+    format_version: Count = FORMAT_VERSION
     owner_instance_id: str
     entry_id: str
     claimed_by: str
-    claimed_at: int
+    claimed_at: EpochMs
     entry: StealableQueueEntry | None = None

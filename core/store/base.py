@@ -102,7 +102,8 @@ class EntryUnreadable(StoreError):
 
 
 class InvalidKey(StoreError, ValueError):
-    """A key that cannot name an entry in this store (empty, a path, hidden...)."""
+    """A key that cannot name an entry in this store.  The backends here accept every
+    key (the directory backend gives bounded names to those no file could have)."""
 
 
 class Store(ABC):
@@ -119,6 +120,12 @@ class Store(ABC):
     @abstractmethod
     def versions(self, space: Space) -> dict[str, Version]:
         """Every key of ``space`` with its change token, without reading contents."""
+
+    def listed_key(self, space: Space, key: str) -> str:
+        """The key a listing of ``space`` gives for what was written under ``key``: ``key``
+        itself, unless the backend had to give it a bounded name (the directory backend,
+        for a key too long or otherwise impossible as a file name)."""
+        return key
 
     def keys(self, space: Space) -> list[str]:
         """Every key of ``space`` (cheaper than :meth:`versions` where a backend can)."""

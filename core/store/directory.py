@@ -21,6 +21,12 @@ Guarantees, and the primitive that gives each one:
   removed file (``st_nlink == 0``) reopens it;
 * hostile entries (symlinks, FIFOs, directories, huge or unreadable files) are
   reported as unreadable, never followed, blocked on or crashed over;
+* every key has a file name: one that cannot be spelled as one (too long once
+  encoded, a NUL or ``/`` in one of pi's own spaces, a lone surrogate) gets a
+  bounded name, a readable prefix and a hash (``steal_xxx...~1f2e...``), which
+  listings give back as its key; so a hostile id costs nothing but itself;
+* file names that are not UTF-8 are keys spelled with ``surrogateescape``, as
+  Python spells such names everywhere;
 * directories are created 0700 and files 0600.
 """
 
@@ -28,7 +34,9 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import hashlib
 import os
+import re
 import secrets
 import stat
 import threading
@@ -43,7 +51,6 @@ from .base import (
     ALL_SPACES,
     Blob,
     EntryUnreadable,
-    InvalidKey,
     Space,
     Store,
     StoreError,
@@ -62,6 +69,10 @@ GUARD_DIR = "pi-dash/guards"
 GUARD_STRIPES = 64
 MAX_BLOB_BYTES = 8 * 1024 * 1024
 MAX_NAME_BYTES = 255  # NAME_MAX on Linux and macOS
+HASH_MARK = "~"  # never in an encoded key (encode_key spells it %7E), so a hashed name is never an encoded one
+HASHED_PREFIX_CHARS = 96
+TEMP_PREFIX_BYTES = 200  # a temporary file's name keeps at most this much of its target's, to stay within NAME_MAX
+_HASHED_STEM = re.compile(r"[A-Za-z0-9_%%-]{0,%d}~[0-9a-f]{24}" % HASHED_PREFIX_CHARS)
 READ_LOCK_TIMEOUT_S = 0.5  # long enough to win against busy writers, short enough not to freeze a reader
 TEMP_SUFFIX = ".tmp"
 _READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
@@ -80,8 +91,12 @@ def default_root(cli_root: str | os.PathLike[str] | None = None, env: dict[str, 
 
 @lru_cache(maxsize=4096)
 def encode_key(key: str) -> str:
-    """A file-name-safe, reversible spelling of any key (``%XX`` for all but ``[A-Za-z0-9_-]``)."""
-    return "".join(ch if ch in _SAFE_KEY_CHARS else "".join(f"%{b:02X}" for b in ch.encode()) for ch in key)
+    """A file-name-safe, reversible spelling of any key (``%XX`` for all but ``[A-Za-z0-9_-]``).
+
+    Raises :class:`UnicodeEncodeError` for a lone surrogate that stands for no byte."""
+    return "".join(
+        ch if ch in _SAFE_KEY_CHARS else "".join(f"%{b:02X}" for b in ch.encode("utf-8", "surrogateescape")) for ch in key
+    )
 
 
 def decode_key(name: str) -> str:
@@ -94,7 +109,45 @@ def decode_key(name: str) -> str:
         else:
             raw.extend(name[i].encode())
             i += 1
-    return raw.decode()
+    return raw.decode("utf-8", "surrogateescape")
+
+
+def hashed_stem(key: str) -> str:
+    """The bounded name of a key that has no plain one: its encoded start, ``~``, 96 bits of its hash."""
+    digest = hashlib.sha256(key.encode("utf-8", "surrogatepass")).hexdigest()[:24]
+    prefix = []
+    length = 0
+    for ch in key:
+        try:
+            part = encode_key(ch)
+        except UnicodeEncodeError:
+            part = "_"
+        if length + len(part) > HASHED_PREFIX_CHARS:
+            break
+        prefix.append(part)
+        length += len(part)
+    return f"{''.join(prefix)}{HASH_MARK}{digest}"
+
+
+@lru_cache(maxsize=8192)
+def file_stem(key: str, verbatim: bool, suffix: str) -> str:
+    """The file name (less ``suffix``) of ``key``: its plain spelling when it has one
+    (the key itself in pi's spaces, :func:`encode_key` in pi-dash's), else
+    :func:`hashed_stem`.  A hashed stem, as a listing gives it back, names itself."""
+    if _HASHED_STEM.fullmatch(key):
+        return key
+    try:
+        if verbatim:
+            plain = key
+            usable = bool(key) and "/" not in key and "\0" not in key and not key.startswith(".")
+        else:
+            plain = encode_key(key)
+            usable = bool(key)
+        if usable and len(os.fsencode(plain + suffix)) <= MAX_NAME_BYTES:
+            return plain
+    except UnicodeEncodeError:
+        pass
+    return hashed_stem(key)
 
 
 class DirectoryStore(Store):
@@ -125,15 +178,11 @@ class DirectoryStore(Store):
         return path
 
     def _filename(self, space: Space, key: str) -> str:
-        """The file name of ``key``: any name a listing produced is accepted back."""
-        if not key:
-            raise InvalidKey("empty key")
-        name = key if space.verbatim else encode_key(key)
-        if space.verbatim and ("/" in key or "\0" in key or key.startswith(".")):
-            raise InvalidKey(f"{key!r} cannot be a file name in {space.name}/")
-        if len(os.fsencode(name + space.suffix)) > MAX_NAME_BYTES:
-            raise InvalidKey(f"key of {len(key)} characters is too long for a file name in {space.name}/")
-        return name + space.suffix
+        """The file name of ``key`` (any key has one); any name a listing produced is accepted back."""
+        return file_stem(key, space.verbatim, space.suffix) + space.suffix
+
+    def listed_key(self, space: Space, key: str) -> str:
+        return self._key_of(space, self._filename(space, key)) or key
 
     def _key_of(self, space: Space, filename: str) -> str | None:
         if filename.startswith(".") or not filename.endswith(space.suffix):
@@ -141,7 +190,7 @@ class DirectoryStore(Store):
         stem = filename[: -len(space.suffix)]
         if not stem:
             return None
-        if space.verbatim:
+        if space.verbatim or _HASHED_STEM.fullmatch(stem):
             return stem
         try:
             key = decode_key(stem)
@@ -214,7 +263,7 @@ class DirectoryStore(Store):
     # ---------------------------------------------------------------- guard
     @contextmanager
     def _guard(self, space: Space, filename: str) -> Iterator[None]:
-        stripe = zlib.crc32(f"{space.name}/{filename}".encode()) % GUARD_STRIPES
+        stripe = zlib.crc32(os.fsencode(f"{space.name}/{filename}")) % GUARD_STRIPES
         with self._thread_guards[stripe]:
             fd = self._guard_fd(stripe)
             fcntl.flock(fd, fcntl.LOCK_EX)
@@ -357,7 +406,8 @@ class DirectoryStore(Store):
     def _stage(self, directory: str, filename: str, data: bytes, durable: bool) -> str:
         """Write ``data`` to a fresh hidden temporary file beside its final name."""
         self._ensure_dir(directory)
-        temp = os.path.join(directory, f".{filename}.{os.getpid()}.{secrets.token_hex(4)}{TEMP_SUFFIX}")
+        start = os.fsencode(filename)[:TEMP_PREFIX_BYTES].decode("utf-8", "ignore")
+        temp = os.path.join(directory, f".{start}.{os.getpid()}.{secrets.token_hex(4)}{TEMP_SUFFIX}")
         try:
             fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
         except OSError as exc:
@@ -470,7 +520,7 @@ class DirectoryStore(Store):
             return after
 
     def _update_in_place(self, space: Space, filename: str, path: str, updater: Updater) -> bytes | None:
-        stripe = zlib.crc32(f"{space.name}/{filename}".encode()) % GUARD_STRIPES
+        stripe = zlib.crc32(os.fsencode(f"{space.name}/{filename}")) % GUARD_STRIPES
         with self._thread_guards[stripe]:
             while True:
                 fd = self._in_place_fd(path)
@@ -656,6 +706,35 @@ def _read_lines(path: str, offset: int, limit: int) -> tuple[list[bytes], int]:
         return [], offset
     lines = data[:end].split(b"\n")[:limit]
     return lines, offset + sum(len(line) + 1 for line in lines)
+
+
+def read_regular_file(path: str | os.PathLike[str], max_bytes: int) -> bytes:
+    """The bytes of a file given by the user (``--config``, ``$PI_CONFIG``): symbolic links
+    are followed, as for any file a user names, but only a regular file is read, and at
+    most ``max_bytes`` of it.  The open never blocks (a FIFO), the read never runs away
+    (``/dev/zero``).  Raises :class:`FileNotFoundError`, or :class:`EntryUnreadable`
+    with a reason for the user."""
+    name = os.fspath(path)
+    try:
+        fd = os.open(name, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except FileNotFoundError:
+        raise
+    except OSError as exc:
+        raise EntryUnreadable(os.fsdecode(name), _describe_open_error(exc)) from None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise EntryUnreadable(os.fsdecode(name), "not a regular file")
+        chunks, total = [], 0
+        while chunk := os.read(fd, min(1 << 20, max_bytes + 1 - total)):
+            chunks.append(chunk)
+            total += len(chunk)
+            if total > max_bytes:
+                raise EntryUnreadable(os.fsdecode(name), f"larger than the {max_bytes} bytes allowed")
+        return b"".join(chunks)
+    except OSError as exc:
+        raise EntryUnreadable(os.fsdecode(name), exc.strerror or str(exc)) from None
+    finally:
+        os.close(fd)
 
 
 def _unlink_quietly(path: str) -> bool:

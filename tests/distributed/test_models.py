@@ -32,15 +32,15 @@ def test_worker_info_is_camel_case_and_derives_free_slots():
     info = WorkerInfo.model_validate(
         {
             "workerId": "w",
-            "registeredAt": utc_from_ms(0),
-            "lastHeartbeat": utc_from_ms(1_000),
+            "registeredAt": utc_from_ms(1_771_373_734_675),
+            "lastHeartbeat": utc_from_ms(1_771_373_735_675),
             "capacity": {"maxTasks": 4, "activeTasks": 1},
         }
     )
-    assert info.free_slots == 3 and info.heartbeat_ms == 1_000 and info.load == 0.25
+    assert info.free_slots == 3 and info.heartbeat_ms == 1_771_373_735_675 and info.load == 0.25
     assert info.capacity.consistent().available_slots == 3
     data = json.loads(info.to_json())
-    assert data["lastHeartbeat"] == "1970-01-01T00:00:01.000Z" and "staleSince" not in data
+    assert data["lastHeartbeat"] == "2026-02-18T00:15:35.675Z" and "staleSince" not in data
     assert data["capabilities"] == {"cpuCores": 0, "memoryMb": 0, "supportedTaskTypes": []}
 
 
