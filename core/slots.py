@@ -15,6 +15,7 @@ always given back, whether the body returns, raises or is cancelled.
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager
@@ -27,6 +28,7 @@ from .parallelism import DynamicParallelismAdjuster, ParallelismChange, build_ke
 from .ratelimit import RateLimitTimeout, SharedRateLimiter
 
 INSTANCE_COUNT_TTL_S = 1.0
+MAX_RETRY_AFTER_S = 86_400.0  # a provider's Retry-After is honoured up to a day
 _NOT_ERRORS = (asyncio.CancelledError, KeyboardInterrupt, GeneratorExit, SystemExit)
 
 
@@ -101,7 +103,9 @@ class SlotGate:
 
     # --------------------------------------------------------------- 429
     def handle_429(self, provider: str, model: str, retry_after: float | None) -> None:
-        retry_ms = None if retry_after is None else int(retry_after * 1000)
+        if retry_after is not None and not 0 <= retry_after < math.inf:
+            retry_after = None  # NaN, negative or infinite: the provider said nothing usable
+        retry_ms = None if retry_after is None else int(min(retry_after, MAX_RETRY_AFTER_S) * 1000)
         shared = self.board.report_429(provider, model, retry_ms)
         key = build_key(provider, model)
         self._applied_429[key] = max(self._applied_429.get(key, 0), shared.recent429s[-1].at)

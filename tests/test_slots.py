@@ -167,3 +167,13 @@ def test_the_heartbeat_publishes_the_latency_llm_slot_measured(coordinator, root
     view = SnapshotBuilder(DirectoryStore(root), check_pids=False).build().instance(coordinator.instance_id)
     assert view is not None and 30 <= view.info.avg_latency_ms < 1000
     assert coordinator.broadcast_queue_state(0).avg_latency_ms == view.info.avg_latency_ms
+
+
+@pytest.mark.parametrize("retry_after", [1e300, float("inf"), float("nan"), -5.0])
+def test_a_wild_retry_after_never_breaks_the_slot(coordinator, retry_after):
+    """A header like ``Retry-After: 1e300`` is a provider's bug: the 429 is still shared,
+    with the wait bounded to a day (or pi's exponential backoff when the value means nothing)."""
+    with coordinator.llm_slot("openai", "gpt-4o") as slot:
+        slot.report_429(retry_after=retry_after)
+    shared = coordinator._gate.board.current("openai", "gpt-4o")
+    assert shared is not None and 0 < shared.until - coordinator.clock.now_ms() <= 86_400_000

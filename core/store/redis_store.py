@@ -110,15 +110,47 @@ return {0, 1, current}
 # quiet_ms, grant_slot_s, then buckets as name, share, burst from plan[12]: the
 # model's (name "" if none), then each path's.  Answers start (or ''), bucket,
 # effective limit and, if it changed, the one before, with 17 digits: exactly as
-# Python computes them.
+# Python computes them.  A state ProviderRateState would refuse (a number out of
+# range, a grantsPerSecond key that is no epoch second) is started afresh, as
+# Python starts afresh from a record that does not validate.
 _RESERVE_RATE = _COMMON + """
 local function num(v) if type(v) == 'number' then return v end return 0 end
 local function exact(x) return string.format('%.17g', x) end
+local MIN_MS, MAX_MS = 946684800000, 7258118400000
+local function finite(v) return type(v) == 'number' and v == v and v > -math.huge and v < math.huge end
+local function absent(v) return v == nil or v == cjson.null end
+local function epoch(v) return finite(v) and v >= MIN_MS and v < MAX_MS and math.floor(v) == v end
+local function count(v) return finite(v) and v >= 0 and v <= 2^53 and math.floor(v) == v end
+local function rate(v) return finite(v) and v >= 0.001 and v <= 1e9 end
+local function valid(s)
+  if type(s) ~= 'table' or type(s.provider) ~= 'string' then return false end
+  if not (rate(s.requestsPerMinute) and rate(s.effectiveRequestsPerMinute)) then return false end
+  if not (count(s.burst) and s.burst >= 1 and s.burst <= 1e9) then return false end
+  if not ((absent(s.formatVersion) or count(s.formatVersion)) and (absent(s.totalGrants) or count(s.totalGrants))) then return false end
+  if not ((absent(s.last429At) or epoch(s.last429At)) and (absent(s.lastChangeAt) or epoch(s.lastChangeAt))) then return false end
+  if not absent(s.buckets) then
+    if type(s.buckets) ~= 'table' then return false end
+    for name, bucket in pairs(s.buckets) do
+      if type(name) ~= 'string' or type(bucket) ~= 'table' then return false end
+      local tat = bucket.tat
+      if not (absent(tat) or (finite(tat) and (tat == 0 or (tat >= MIN_MS and tat < MAX_MS)))) then return false end
+    end
+  end
+  if not absent(s.grantsPerSecond) then
+    if type(s.grantsPerSecond) ~= 'table' then return false end
+    for second, n in pairs(s.grantsPerSecond) do
+      if type(second) ~= 'string' or not string.match(second, '^%d+$') or #second > 13 then return false end
+      local at = tonumber(second)
+      if at < MIN_MS / 1000 or at >= MAX_MS / 1000 or not count(n) then return false end
+    end
+  end
+  return true
+end
 local now, plan = tonumber(ARGV[2]), cjson.decode(ARGV[3])
 local raw = redis.call('GET', KEYS[1])
 local ok, state = false, nil
 if raw then ok, state = pcall(cjson.decode, raw) end
-if not ok or type(state) ~= 'table' then
+if not ok or not valid(state) then
   state = {formatVersion = 1, provider = plan[1], buckets = {}, grantsPerSecond = {}, totalGrants = 0}
 end
 local buckets, grants = state.buckets, state.grantsPerSecond

@@ -4,12 +4,13 @@ requests, 429s and clock jumps gives the same answers and the same state on both
 
 from __future__ import annotations
 
+import json
 import random
 
 import pytest
 
 from core.clock import ManualClock
-from core.models import ProviderRateState
+from core.models import CorruptRecord, ProviderRateState
 from core.provider_config import parse_settings
 from core.ratelimit import SharedRateLimiter
 from core.store import RATE_LIMITS
@@ -60,3 +61,39 @@ def test_the_script_and_the_python_step_agree(stores):
     assert script.effective_requests_per_minute == pytest.approx(python.effective_requests_per_minute, rel=1e-13)
     assert {k: b.tat for k, b in script.buckets.items()} == pytest.approx({k: b.tat for k, b in python.buckets.items()})
     assert python.total_grants > 100 and len(python.buckets) >= 3  # pool, reserved:ci, a model
+
+
+HOSTILE_STATES = [
+    {"grantsPerSecond": {"abc": 1}},
+    {"grantsPerSecond": {"1900000000": -1}},
+    {"grantsPerSecond": {"99999999999999999999": 1}},
+    {"buckets": {"pool": {"tat": 1e300}}},
+    {"buckets": {"pool": {"tat": -5}}},
+    {"buckets": {"pool": "soon"}},
+    {"effectiveRequestsPerMinute": 1e-300},
+    {"requestsPerMinute": 1e12},
+    {"burst": 0},
+    {"last429At": 1e17},
+    {"totalGrants": -3},
+]
+
+
+@pytest.mark.parametrize("change", HOSTILE_STATES, ids=lambda change: str(change))
+def test_a_state_out_of_range_is_started_afresh_by_both(stores, change):
+    """A rate record no reader would accept (written by a bug elsewhere) never stops the
+    provider's requests: both backends start it afresh and grant the same slot."""
+    clock = ManualClock(1_900_000_000_000)
+    settings = parse_settings(SETTINGS, "t")
+    base = {"formatVersion": 1, "provider": "openai", "requestsPerMinute": 600, "burst": 5,
+            "effectiveRequestsPerMinute": 600, "buckets": {"pool": {"tat": 1_900_000_100_000}},
+            "grantsPerSecond": {"1899999995": 2}, "totalGrants": 2}
+    raw = json.dumps({**base, **change}).encode()
+    with pytest.raises(CorruptRecord):
+        ProviderRateState.from_json(raw)
+    answers = []
+    for store in stores:
+        store.write(RATE_LIMITS, "openai", raw)
+        booked = SharedRateLimiter(store, settings, instance_name="anon", clock=clock).reserve("openai", "o3")
+        answers.append(booked and (booked.bucket, booked.start_ms))
+        ProviderRateState.from_json(store.read(RATE_LIMITS, "openai").data)  # what was written back is valid
+    assert answers[0] == answers[1] == ("pool", 1_900_000_000_000)
