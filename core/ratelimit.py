@@ -53,6 +53,10 @@ from .semantics import model_matches
 from .store import RATE_LIMITS, Store
 
 PERIOD_MS = 60_000
+# No instance books further ahead than its horizon (a minute) plus one emission
+# interval; a bucket booked more than a week ahead was written by something else,
+# and waiting for it would stop the provider's requests for good: it is ignored.
+MAX_BOOKED_AHEAD_MS = 7 * 86_400_000
 MAX_RESERVED_SHARE = 0.8  # reservations may take at most this share of a provider's limit
 POOL = "pool"
 
@@ -145,7 +149,7 @@ def gcra_step(state: ProviderRateState, plan: ReservePlan, now: float) -> tuple[
         if now - quiet_since >= plan.quiet_ms:
             effective = min(plan.high, effective * plan.recovery_factor)
     recovered = {"effective_requests_per_minute": effective, "last_change_at": now} if effective != old else {}
-    tats = {name: bucket.tat for name, bucket in state.buckets.items()}
+    tats = {name: bucket.tat for name, bucket in state.buckets.items() if bucket.tat <= now + MAX_BOOKED_AHEAD_MS}
 
     def allowed(spec: BucketSpec) -> tuple[float, float]:
         emission = spec.emission_ms(effective, plan.period_ms)

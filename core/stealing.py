@@ -8,8 +8,9 @@ succeeds.  The ``steal:{owner}`` lock pi uses is still taken around a steal so
 that pi's own thieves and ours keep out of each other's way.
 
 A claim's key is ``{owner}/{entryId}``; when that cannot be a file name (a long
-or hostile id) the store gives it a bounded name without the ``/``, and the
-pair is read from the claim itself, which always names owner and entry.
+or hostile id) the store gives it a bounded name without the ``/``.  A key
+with other than one ``/`` does not tell owner from entry (an entry id may hold
+``/``), so then the pair is read from the claim itself, which names both.
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ def claim_key(owner_instance_id: str, entry_id: str) -> str:
 
 def split_claim_key(key: str) -> tuple[str, str]:
     """``(owner, entryId)`` as a claim's key spells them (a bounded name spells neither: no ``/``)."""
-    owner, _, entry_id = key.rpartition(CLAIM_SEPARATOR)
+    owner, _, entry_id = key.partition(CLAIM_SEPARATOR)  # an instance id, a file name in pi's spaces, holds no "/"
     return owner, entry_id
 
 
@@ -110,7 +111,7 @@ class StealingService:
         wanted = None if owners is None else set(owners)
         pairs = set()
         for key in self.store.keys(CLAIMS):
-            pair = split_claim_key(key) if CLAIM_SEPARATOR in key else self._read_pair(key)
+            pair = split_claim_key(key) if key.count(CLAIM_SEPARATOR) == 1 else self._read_pair(key)
             if pair is not None and (wanted is None or pair[0] in wanted):
                 pairs.add(pair)
         return frozenset(pairs)

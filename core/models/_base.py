@@ -87,12 +87,6 @@ MIN_RATE = 1e-3  # one request in about 17 hours; anything below would overflow 
 MAX_BURST = 10**9
 
 
-def _in_time_range(moment: datetime) -> datetime:
-    if not MIN_TIME <= moment < MAX_TIME:
-        raise ValueError(f"time {moment.isoformat()} is outside the years 2000-2199")
-    return moment
-
-
 def _epoch_or_never(value: int | float) -> int | float:
     """0 means "never"; anything else must be a time in the years 2000-2199."""
     if value != 0 and not MIN_EPOCH_MS <= value < MAX_EPOCH_MS:
@@ -102,8 +96,8 @@ def _epoch_or_never(value: int | float) -> int | float:
 
 JsTime = Annotated[
     datetime,
+    Field(ge=MIN_TIME, lt=MAX_TIME),  # checked in pydantic-core: a snapshot of 5,000 instances parses 15,000 of these
     AfterValidator(_assume_utc),
-    AfterValidator(_in_time_range),
     PlainSerializer(to_js_iso, return_type=str),
 ]
 """A timestamp stored as ``2026-02-18T00:15:35.675Z`` (years 2000-2199)."""

@@ -166,9 +166,9 @@ local effective = old
 if plan[7] and effective < plan[8] and now - math.max(num(state.last429At), num(state.lastChangeAt)) >= plan[10] then
   effective = math.min(plan[8], effective * plan[9])
 end
-local function tat_of(name)
+local function tat_of(name)  -- booked more than a week ahead (MAX_BOOKED_AHEAD_MS): ignored
   local bucket = buckets[name]
-  if type(bucket) == 'table' then return num(bucket.tat) end
+  if type(bucket) == 'table' and num(bucket.tat) <= now + 604800000 then return num(bucket.tat) end
   return 0
 end
 local function allowed(i)  -- the bucket at plan[i] (name), plan[i + 1] (share), plan[i + 2] (burst)

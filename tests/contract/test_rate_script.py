@@ -97,3 +97,17 @@ def test_a_state_out_of_range_is_started_afresh_by_both(stores, change):
         answers.append(booked and (booked.bucket, booked.start_ms))
         ProviderRateState.from_json(store.read(RATE_LIMITS, "openai").data)  # what was written back is valid
     assert answers[0] == answers[1] == ("pool", 1_900_000_000_000)
+
+
+def test_a_bucket_booked_beyond_a_week_is_ignored_by_both(stores):
+    """A valid-looking arrival time in the year 2150 would stop the provider for good."""
+    clock = ManualClock(1_900_000_000_000)
+    settings = parse_settings(SETTINGS, "t")
+    state = {"formatVersion": 1, "provider": "openai", "requestsPerMinute": 600, "burst": 5, "effectiveRequestsPerMinute": 600,
+             "buckets": {"pool": {"tat": 5_700_000_000_000}}}
+    answers = []
+    for store in stores:
+        store.write(RATE_LIMITS, "openai", json.dumps(state).encode())
+        booked = SharedRateLimiter(store, settings, instance_name="anon", clock=clock).reserve("openai", "o3")
+        answers.append(booked and (booked.bucket, booked.start_ms))
+    assert answers[0] == answers[1] == ("pool", 1_900_000_000_000)
