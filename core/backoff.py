@@ -19,6 +19,10 @@ from .store import BACKOFF, EntryUnreadable, Store
 
 WINDOW_MS = 300_000  # pi's error window
 MAX_KEPT = 50
+MAX_WAIT_MS = 86_400_000  # a Retry-After is honoured up to a day
+# No instance pushes the deadline further than that: one further ahead was written by
+# something else, and waiting for it would stop the model for good, so it is ignored.
+TRUSTED_AHEAD_MS = MAX_WAIT_MS + 60_000
 
 
 def exponential_backoff_ms(recent_429s: int) -> int:
@@ -38,11 +42,11 @@ class BackoffBoard:
         now = self.clock.now_ms()
 
         def apply(raw: bytes | None) -> bytes:
-            current = _parse(raw) or SharedBackoff(provider=provider, model=model)
+            current = _trusted(_parse(raw), now) or SharedBackoff(provider=provider, model=model)
             recent = tuple(e for e in current.recent429s if e.at > now - self.window_ms)
             recent = (*recent, Backoff429(at=now, instance_id=self.instance_id, retry_after_ms=retry_after_ms))[-MAX_KEPT:]
             wait = retry_after_ms if retry_after_ms is not None else exponential_backoff_ms(len(recent))
-            until = max(current.until, now + max(0, wait))
+            until = max(current.until, now + min(MAX_WAIT_MS, max(0, wait)))
             return current.model_copy(update={"until": until, "recent429s": recent}).to_json()
 
         return SharedBackoff.from_json(self.store.update(BACKOFF, build_key(provider, model), apply))
@@ -52,7 +56,14 @@ class BackoffBoard:
             blob = self.store.read(BACKOFF, build_key(provider, model))
         except EntryUnreadable:
             return None
-        return None if blob is None else _parse(blob.data)
+        return None if blob is None else _trusted(_parse(blob.data), self.clock.now_ms())
+
+
+def _trusted(shared: SharedBackoff | None, now_ms: int) -> SharedBackoff | None:
+    """``shared``, less a deadline no instance could have set (over a day ahead)."""
+    if shared is not None and shared.until > now_ms + TRUSTED_AHEAD_MS:
+        return shared.model_copy(update={"until": 0})
+    return shared
 
 
 def _parse(raw: bytes | None) -> SharedBackoff | None:

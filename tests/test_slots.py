@@ -4,6 +4,7 @@ test_ratelimit_processes.py for the cross-process behaviour)."""
 from __future__ import annotations
 
 import asyncio
+import json
 import threading
 import time
 
@@ -177,3 +178,18 @@ def test_a_wild_retry_after_never_breaks_the_slot(coordinator, retry_after):
         slot.report_429(retry_after=retry_after)
     shared = coordinator._gate.board.current("openai", "gpt-4o")
     assert shared is not None and 0 < shared.until - coordinator.clock.now_ms() <= 86_400_000
+
+
+def test_a_deadline_no_instance_could_set_does_not_stop_the_model(coordinator, root):
+    """A shared backoff until the year 2150 (in range, but further than any Retry-After an
+    instance honours) would stop the model for good: it is ignored, and the next 429 replaces it."""
+    from core.store import BACKOFF, DirectoryStore
+
+    now = coordinator.clock.now_ms()
+    hostile = {"formatVersion": 1, "provider": "openai", "model": "gpt-4o", "until": 5_700_000_000_000, "recent429s": []}
+    DirectoryStore(root).write(BACKOFF, "openai:gpt-4o", json.dumps(hostile).encode())
+    started = time.monotonic()
+    with coordinator.llm_slot("openai", "gpt-4o", timeout=5) as slot:
+        slot.report_429(retry_after=2)
+    assert time.monotonic() - started < 4
+    assert coordinator._gate.board.current("openai", "gpt-4o").until - now <= 3_000
