@@ -99,7 +99,8 @@ FIELDS: dict[str, list[tuple[tuple[str | int, ...], str]]] = {
         (("timestamp",), "iso"), (("pendingTaskCount",), "count"), (("activeOrchestrations",), "count"),
         (("avgLatencyMs",), "duration"), (("stealableEntries", 0, "enqueuedAt"), "iso"),
         (("stealableEntries", 0, "estimatedDurationMs"), "duration"), (("stealableEntries", 0, "estimatedRounds"), "count"),
-        (("stealableEntries", 0, "id"), "text"), (("instanceId",), "id"),
+        (("stealableEntries", 0, "id"), "text"), (("claimableEntries", 0, "id"), "text"),
+        (("claimableEntries", 0, "enqueuedAt"), "iso"), (("instanceId",), "id"),
     ],
     "locks": [(("acquiredAt",), "epoch"), (("expiresAt",), "epoch"), (("lockId",), "id"), (("resource",), "text")],
     "pi-dash/stealing-stats": [
@@ -219,6 +220,7 @@ def _valid(space: str, now: int) -> dict[str, Any]:
     if space == "queue-states":
         doc["avgLatencyMs"] = 3
         doc["stealableEntries"][0].update(estimatedDurationMs=1_500, estimatedRounds=2)
+        doc["claimableEntries"] = json.loads(json.dumps(doc["stealableEntries"]))
     if space == "pi-dash/parallelism":
         doc["models"][MODEL].update(lastAdjustedAt=now, backoffUntil=now + 1_000, avgResponseMs=800, recommendedBackoffMs=0)
     if space == "pi-dash/backoff":
@@ -291,11 +293,12 @@ def fleet() -> Iterator[Fleet]:
     try:
         for space in ("instances", "queue-states"):
             (root / space).mkdir(parents=True)
-        (root / "instances" / f"{NEIGHBOUR}.lock").write_bytes(pretty(valid_doc("instances", now) | {"instanceId": NEIGHBOUR, "pid": os.getpid()}))
+        _owner(root, f"{NEIGHBOUR}.lock", NEIGHBOUR, now)
         queue = valid_doc("queue-states", now)
         queue["instanceId"] = NEIGHBOUR
         for entry in queue["stealableEntries"]:
             entry["instanceId"] = NEIGHBOUR
+        queue["claimableEntries"] = queue["stealableEntries"]  # a core owner: thieves that claim may take them
         (root / "queue-states" / f"{NEIGHBOUR}.json").write_bytes(pretty(queue))
         (root / "locks").mkdir()
         expired = lock_doc("gone", now - 120_000)
@@ -310,6 +313,12 @@ def fleet() -> Iterator[Fleet]:
             coordinator.unregister()
     finally:
         shutil.rmtree(root, ignore_errors=True)
+
+
+def _owner(root: Path, filename: str, instance_id: str, now: int) -> None:
+    """A live ``core`` instance (it honours claims, so core thieves take its entries)."""
+    doc = valid_doc("instances", now) | {"instanceId": instance_id, "pid": os.getpid(), "honoursClaims": True}
+    (root / "instances" / filename).write_bytes(pretty(doc))
 
 
 def drive(name: str, call: Callable[[], T]) -> T:
@@ -393,9 +402,11 @@ def test_hostile_records_cost_only_themselves(
             (root / space).mkdir(parents=True, exist_ok=True)
             with open(os.path.join(os.fsencode(root / space), b"n-" + name + suffix), "wb") as handle:
                 handle.write(pretty(_valid(space, now)))
-        for n, owner in enumerate(owners):
+        for n, owner in enumerate(owners):  # busier than the neighbour: tried first
             queue = valid_doc("queue-states", now) | {"instanceId": owner, "pendingTaskCount": 9}
+            queue["claimableEntries"] = queue["stealableEntries"]
             (root / "queue-states" / f"hostile-owner-{n}.json").write_bytes(pretty(queue))
+            _owner(root, f"hostile-owner-{n}.lock", owner, now)
 
         snap = drive("snapshot", lambda: SnapshotBuilder(DirectoryStore(root), clock=ManualClock(now_ms=now), env={}).build())
         listed = {p.where for p in snap.problems if p.kind in ("corrupt", "unreadable")}
@@ -431,6 +442,7 @@ def test_hostile_records_cost_only_themselves(
                 break
             stolen.append((work.owner_instance_id, work.entry.id))
         assert {(NEIGHBOUR, e) for e in NEIGHBOUR_ENTRIES} <= set(stolen), stolen
+        assert {(owner, "entry-1") for owner in owners if owner} <= set(stolen), stolen  # hostile ids are no exception
 
         failures = drive("enhanced_heartbeat", me.enhanced_heartbeat)
         assert failures == []

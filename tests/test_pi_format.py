@@ -946,7 +946,6 @@ TEXT = st.text(max_size=16)  # any code points except surrogates, control charac
 SAFE_FLOAT = (
     st.floats(min_value=1e-4, max_value=2.0**53, allow_nan=False, allow_infinity=False) | st.just(0.0)
 ).map(_js_float)  # where Python's json and JavaScript print numbers alike
-SAFE_NUMBER = st.integers(0, 2**53) | SAFE_FLOAT
 # What pi writes, and so what the records accept: times in the years 2000-2199, durations up to a century.
 EPOCH_MS = st.integers(MIN_EPOCH_MS, MAX_EPOCH_MS - 1)
 DURATION = st.integers(0, MAX_DURATION_MS) | SAFE_FLOAT.filter(lambda x: x <= MAX_DURATION_MS)
