@@ -81,6 +81,17 @@ class Problem:
         return f"{self.where}: {self.kind}: {self.message}"
 
 
+class InstanceModelLimit(NamedTuple):
+    """The model limit an instance computes for a model it uses, by its own rule:
+    pi's for pi's instances, ``core``'s (``*``/``?`` as globs) for ``core``'s."""
+
+    provider: str
+    model: str
+    instances: int | None  # None where pi's code throws on the name
+    limit: int | None
+    rule: str  # "pi" | "core"
+
+
 class InstanceView(NamedTuple):
     """One instance file and what it means now (a tuple: thousands are built per second)."""
 
@@ -96,6 +107,7 @@ class InstanceView(NamedTuple):
     problem: str | None
     parallelism: InstanceParallelism | None = None
     raw: bytes | None = None  # the file as read: actions compare against it before removing anything
+    model_limits: tuple[InstanceModelLimit, ...] = ()  # each model in use, as this instance counts it
 
     @property
     def instance_id(self) -> str:
@@ -309,6 +321,10 @@ class FleetSnapshot:
                     "parallelLimit": i.parallel_limit,
                     "problem": i.problem,
                     "honoursClaims": i.honours_claims,
+                    "modelLimits": [
+                        {"provider": m.provider, "model": m.model, "instances": m.instances, "limit": m.limit, "rule": m.rule}
+                        for m in i.model_limits
+                    ],
                     "stealingStats": _stats_dict(i),
                     "info": i.info.model_dump(mode="json", by_alias=True) if i.info else None,
                 }
@@ -437,6 +453,7 @@ def _entry_problems(space: Space, entries: Mapping[str, Loaded[Any]]) -> list[Pr
 
 
 class _AliveFigures(NamedTuple):
+    model_limits: dict[str, tuple[InstanceModelLimit, ...]]
     plain_limit: int
     limits: dict[str, int]
     models: tuple[ModelView, ...]
@@ -635,6 +652,31 @@ class SnapshotBuilder:
             )
         return tuple(views)
 
+    @staticmethod
+    def _instance_model_limits(
+        alive: list[InstanceInfo], index: semantics.ModelIndex, plain: int
+    ) -> dict[str, tuple[InstanceModelLimit, ...]]:
+        known: dict[tuple[str, str, str], InstanceModelLimit] = {}
+
+        def limit_of(rule: str, provider: str, model: str) -> InstanceModelLimit:
+            found = known.get((rule, provider, model))
+            if found is None:
+                try:
+                    count: int | None = (
+                        index.pi_count(provider, model) if rule == "pi" else max(1, index.core_count(provider, model))
+                    )
+                except semantics.PiPatternError:
+                    count = None
+                limit = None if count is None else semantics.model_parallel_limit(plain, count)
+                found = known[(rule, provider, model)] = InstanceModelLimit(provider, model, count, limit, rule)
+            return found
+
+        return {
+            i.instance_id: tuple(limit_of("core" if i.honours_claims else "pi", m.provider, m.model) for m in i.active_models)
+            for i in alive
+            if i.active_models
+        }
+
     def _alive_figures(self, alive: list[InstanceInfo], config: CoordinatorConfig, generation: int) -> _AliveFigures:
         """What depends only on the alive set (in directory order): limits, models, candidates.
 
@@ -671,6 +713,7 @@ class SnapshotBuilder:
             models.append(ModelView(provider, model, count, limit, matching))
         candidate = semantics.find_steal_candidate(alive)
         result = _AliveFigures(
+            self._instance_model_limits(alive, index, plain),
             plain,
             limits,
             tuple(models),
@@ -796,6 +839,7 @@ class SnapshotBuilder:
                     entry.problem if entry is not None else None,
                     parallelism_by_id.get(instance_id),
                     entry.raw if entry is not None else None,
+                    alive_figures.model_limits.get(instance_id, ()) if counted else (),
                 )
             )
             adjuster = parallelism_by_id.get(instance_id) if counted else None

@@ -41,7 +41,7 @@ from hypothesis import strategies as st
 from core import semantics
 from core.clock import ManualClock, utc_from_ms
 from core.coordinator import Coordinator
-from core.models import ActiveModelInfo, InstanceInfo, StealableQueueEntry
+from core.models import ActiveModelInfo, BroadcastQueueState, InstanceInfo, StealableQueueEntry
 from core.snapshot import FleetSnapshot, SnapshotBuilder
 from core.store import DirectoryStore
 
@@ -745,3 +745,79 @@ def test_core_says_it_honours_claims_and_odd_values_mean_it_does_not(tmp_path: P
         raw = (root / "instances" / f"{docs[0]['instanceId']}.lock").read_text()
         info = InstanceInfo.from_json(raw.replace('"honoursClaims": true', f'"honoursClaims": {odd}'))
         assert info.honours_claims is None  # still a readable instance pi counts; it just does not claim
+
+
+def test_each_instance_counts_model_users_by_its_own_rule(tmp_path: Path) -> None:
+    """A ``core`` instance using ``gpt-4*`` counts by globs, a pi instance using it by pi's regex."""
+    root = core_fleet(tmp_path / "runtime", extra_models=("gpt-4*",))
+    doc = json.loads((root / "instances").joinpath(next(p.name for p in (root / "instances").iterdir() if "eeee" in p.name)).read_bytes())
+    pi_twin = {**doc, "instanceId": doc["instanceId"].replace("eeee", "ffff"), "sessionId": "ffff0006"}
+    del pi_twin["honoursClaims"]
+    (root / "instances" / f"{pi_twin['instanceId']}.lock").write_bytes(js_stringify(pi_twin))
+    snap = SnapshotBuilder(DirectoryStore(root), clock=ManualClock(now_ms=CORE_NOW), check_pids=False).build()
+    limits = {v.instance_id[5:9]: v.model_limits for v in snap.instances if v.counted}
+    # 5 alive, 12 // 5 = 2 per instance; core's glob counts gpt-4o, gpt-4o-mini and both gpt-4* users
+    assert limits["eeee"] == (("openai", "gpt-4*", 4, 1, "core"),)
+    assert limits["ffff"] == (("openai", "gpt-4*", 2, 1, "pi"),)  # pi: only the two that say gpt-4*
+    assert limits["aaaa"] == (("openai", "gpt-4o", 2, 1, "core"),)  # gpt-4o and gpt-4o-mini (gpt-4o-2024s user is dead)
+
+
+SELF_REPORTS = [
+    (s, name) for s in SCENARIOS if SHARED.is_dir() for name in expected_of(s)["pi_process_self_reports"]
+]
+
+
+@pytest.mark.parametrize(("scenario", "process"), SELF_REPORTS, ids=[f"{s}:{p}" for s, p in SELF_REPORTS])
+def test_semantics_answer_as_each_pi_process_answered_itself(scenario: str, process: str) -> None:
+    """``core.semantics`` evaluated as one instance (itself excluded from "others" and
+    "remote") gives what that live pi process answered about itself, at its own instant."""
+    report = expected_of(scenario)["pi_process_self_reports"][process]
+    store = DirectoryStore(SHARED / scenario / "runtime")
+    config = Coordinator(store).config
+    now, me = report["nowMs"], report["myInstanceId"]
+    instances = semantics.directory_order(
+        (InstanceInfo.from_json(p.read_bytes()) for p in (SHARED / scenario / "runtime" / "instances").iterdir()),
+        lambda i: i.instance_id + ".lock",
+    )
+    states = semantics.directory_order(
+        (BroadcastQueueState.from_json(p.read_bytes()) for p in (SHARED / scenario / "runtime" / "queue-states").iterdir()),
+        lambda s: s.instance_id + ".json",
+    )
+    alive = semantics.alive_instances(instances, now, config)
+    mine = next(i for i in alive if i.instance_id == me)
+    others = [i for i in alive if i.instance_id != me]
+    remote = semantics.fresh_queue_states(states, now, exclude=me)
+    plain = semantics.parallel_limit(config.total_max_llm, semantics.active_count(alive))
+    summary = semantics.work_stealing_summary(remote)
+    steal = semantics.pick_steal_entry(remote)
+    candidate = semantics.find_steal_candidate(others)
+    answers = {
+        "activeInstanceCount": semantics.active_count(alive),
+        "activeInstanceIds": [i.instance_id for i in alive],
+        "myParallelLimit": plain,
+        "myPending": mine.pending,
+        "dynamicParallelLimit": semantics.dynamic_parallel_limit(config.total_max_llm, mine.pending, [o.pending for o in others], plain),
+        "modelLimits": [
+            {
+                "provider": q["provider"],
+                "model": q["model"],
+                "instances": semantics.pi_instances_for_model(alive, q["provider"], q["model"]),
+                "limit": semantics.model_parallel_limit(plain, semantics.pi_instances_for_model(alive, q["provider"], q["model"])),
+            }
+            for q in report["modelLimits"]
+        ],
+        "modelUsage": [{"provider": p, "model": m, "instanceCount": n} for p, m, n in semantics.model_usage(alive)],
+        "remoteQueueStates": [
+            {"instanceId": s.instance_id, "pendingTaskCount": s.pending_task_count, "activeOrchestrations": s.active_orchestrations, "stealable": len(s.stealable_entries)}
+            for s in remote
+        ],
+        "workStealingSummary": {k: getattr(summary, _snake(k)) for k in SUMMARY_FIELDS},
+        "checkRemoteCapacity": semantics.has_remote_capacity(remote),
+        "shouldAttemptWorkStealing": semantics.should_attempt_stealing(mine.pending, [o.pending for o in others]),
+        # The capture asked for every candidate (pi's default is the first 3).
+        "workStealingCandidates": semantics.work_stealing_candidates(others, None),
+        "findStealCandidate": candidate.instance_id if candidate else None,
+        "stealWork": steal[1].model_dump(mode="json", by_alias=True) if steal else None,
+        "isIdle": semantics.is_idle_instance(mine),
+    }
+    assert {k: (v, report[k]) for k, v in answers.items() if report[k] != v} == {}

@@ -50,6 +50,14 @@ def describe(view: InstanceView, snapshot: FleetSnapshot) -> list[Static]:
             ("claims", "honours claims (core)" if view.honours_claims else "does not claim (pi): stolen entries may run twice"),
             ("name", info.instance_name or "-"),
             ("models", ", ".join(f"{m.provider}/{m.model} since {clock_time(m.since)}" for m in info.active_models) or "-"),
+            *(
+                (
+                    f"model limit ({m.rule}'s rule)",
+                    f"{m.provider}/{m.model}: "
+                    + ("pi's code throws on this name" if m.limit is None else f"{m.limit} ({m.instances} instance(s) using it)"),
+                )
+                for m in view.model_limits
+            ),
         ]
         extras = info.model_extra or {}
         rows += [(f"{key} (extra)", repr(value)) for key, value in sorted(extras.items())]
