@@ -289,9 +289,13 @@ def queue_age_ms(state: BroadcastQueueState, now_ms: int) -> int:
     return now_ms - state.timestamp_ms
 
 
-def is_fresh_queue_state(state: BroadcastQueueState, now_ms: int) -> bool:
+def is_fresh_queue_age(age_ms: int) -> bool:
     """Young enough for pi to act on: at most two *default* heartbeat intervals (30 s)."""
-    return queue_age_ms(state, now_ms) <= QUEUE_FRESH_MS
+    return age_ms <= QUEUE_FRESH_MS
+
+
+def is_fresh_queue_state(state: BroadcastQueueState, now_ms: int) -> bool:
+    return is_fresh_queue_age(queue_age_ms(state, now_ms))
 
 
 def fresh_queue_states(
@@ -301,9 +305,13 @@ def fresh_queue_states(
     return [s for s in states if s.instance_id != exclude and is_fresh_queue_state(s, now_ms)]
 
 
-def is_expired_queue_state(state: BroadcastQueueState, now_ms: int) -> bool:
+def is_expired_queue_age(age_ms: int) -> bool:
     """pi's ``cleanupQueueStates`` removes states older than the *default* timeout (60 s)."""
-    return queue_age_ms(state, now_ms) > QUEUE_EXPIRY_MS
+    return age_ms > QUEUE_EXPIRY_MS
+
+
+def is_expired_queue_state(state: BroadcastQueueState, now_ms: int) -> bool:
+    return is_expired_queue_age(queue_age_ms(state, now_ms))
 
 
 def is_idle_queue(state: BroadcastQueueState) -> bool:

@@ -467,7 +467,7 @@ class _AliveFigures(NamedTuple):
 class _Index:
     generations: tuple[int, ...]
     instances: list[tuple[str, Loaded[InstanceInfo]]]
-    queues: list[BroadcastQueueState]
+    queues: list[tuple[str, BroadcastQueueState]]
     queue_by_id: dict[str, BroadcastQueueState]
     stats_by_id: dict[str, StealingStats]
     parallelism_by_id: dict[str, InstanceParallelism]
@@ -500,6 +500,7 @@ class SnapshotBuilder:
         self._notice: str | None = None
         self._last_index: _Index | None = None
         self._alive_memo: tuple[tuple[int, int, int], _AliveFigures] | None = None
+        self._orders: dict[Space, list[str]] = {}
         self._caches: dict[Space, RecordCache[Any]] = {
             INSTANCES: RecordCache(store, INSTANCES, InstanceInfo),
             QUEUES: RecordCache(store, QUEUES, BroadcastQueueState),
@@ -566,18 +567,23 @@ class SnapshotBuilder:
         except (StoreError, OSError):
             pass  # the log is advisory: the rest of the snapshot still stands
 
+    def _in_directory_order(self, space: Space) -> list[tuple[str, Loaded[Any]]]:
+        """A space's entries as pi lists them (sorted by name; pi's ties keep that
+        order).  The order is sorted again only when the set of names changed:
+        most rebuilds follow a rewrite, not a new or removed file."""
+        entries = self._caches[space].entries
+        keys = self._orders.get(space)
+        if keys is None or len(keys) != len(entries) or not all(key in entries for key in keys):
+            keys = self._orders[space] = semantics.directory_order(entries, lambda key: key + space.suffix)
+        return [(key, entries[key]) for key in keys]
+
     def _index(self) -> _Index:
         """Lookups that change only when some space's content changes."""
         generations = tuple(cache.generation for cache in self._caches.values())
         if self._last_index is not None and self._last_index.generations == generations:
             return self._last_index
-        # pi lists directories sorted by name, and its ties keep that order.
-        queues = [
-            e.record
-            for _, e in semantics.directory_order(self._caches[QUEUES].entries.items(), lambda kv: kv[0] + QUEUES.suffix)
-            if e.record is not None
-        ]
-        queue_by_id = {q.instance_id: q for q in queues}
+        queues = [(key, e.record) for key, e in self._in_directory_order(QUEUES) if e.record is not None]
+        queue_by_id = {q.instance_id: q for _, q in queues}
         claims_per_owner: dict[str, int] = {}
         for key, loaded in self._caches[CLAIMS].entries.items():
             owner = claim_pair(key, loaded.record)[0]
@@ -587,9 +593,7 @@ class SnapshotBuilder:
             problems.extend(_entry_problems(space, cache.problems))
         self._last_index = _Index(
             generations=generations,
-            instances=semantics.directory_order(
-                self._caches[INSTANCES].entries.items(), lambda kv: kv[0] + INSTANCES.suffix
-            ),
+            instances=self._in_directory_order(INSTANCES),
             queues=queues,
             queue_by_id=queue_by_id,
             stats_by_id={s.instance_id: s for s in self._caches[STEALING_STATS].records()},
@@ -657,6 +661,7 @@ class SnapshotBuilder:
         alive: list[InstanceInfo], index: semantics.ModelIndex, plain: int
     ) -> dict[str, tuple[InstanceModelLimit, ...]]:
         known: dict[tuple[str, str, str], InstanceModelLimit] = {}
+        by_models: dict[tuple[bool, tuple[tuple[str, str], ...]], tuple[InstanceModelLimit, ...]] = {}
 
         def limit_of(rule: str, provider: str, model: str) -> InstanceModelLimit:
             found = known.get((rule, provider, model))
@@ -671,11 +676,17 @@ class SnapshotBuilder:
                 found = known[(rule, provider, model)] = InstanceModelLimit(provider, model, count, limit, rule)
             return found
 
-        return {
-            i.instance_id: tuple(limit_of("core" if i.honours_claims else "pi", m.provider, m.model) for m in i.active_models)
-            for i in alive
-            if i.active_models
-        }
+        limits = {}
+        for i in alive:
+            if not i.active_models:
+                continue
+            key = (bool(i.honours_claims), i.model_pairs)
+            found = by_models.get(key)
+            if found is None:
+                rule = "core" if key[0] else "pi"
+                found = by_models[key] = tuple(limit_of(rule, p, m) for p, m in key[1])
+            limits[i.instance_id] = found
+        return limits
 
     def _alive_figures(self, alive: list[InstanceInfo], config: CoordinatorConfig, generation: int) -> _AliveFigures:
         """What depends only on the alive set (in directory order): limits, models, candidates.
@@ -725,24 +736,16 @@ class SnapshotBuilder:
         self._alive_memo = (memo_key, result)
         return result
 
-    def _pi_cleanup(self, now: int, config: CoordinatorConfig) -> tuple[str, ...]:
-        """The files pi's cleanup (dead instances, queue states, expired locks) would remove now."""
-        doomed = []
-        timeout = config.heartbeat_timeout_ms
-        for space in (INSTANCES, QUEUES, LOCKS):
-            for key, entry in self._caches[space].entries.items():
-                record = entry.record
-                if record is None:
-                    gone = semantics.pi_deletes_unreadable(space.name, entry.raw, now, timeout)
-                elif space is INSTANCES:
-                    gone = not semantics.is_alive(record, now, timeout)
-                elif space is QUEUES:
-                    gone = semantics.is_expired_queue_state(record, now)
-                else:
-                    gone = record.is_expired(now)
-                if gone:
-                    doomed.append(_where(space, key))
-        return tuple(sorted(doomed))
+    def _unreadable_pi_deletes(self, now: int, config: CoordinatorConfig) -> list[str]:
+        """The unreadable files of pi's spaces that pi's cleanup would remove now
+        (the readable ones are judged where the snapshot looks at them anyway)."""
+        return [
+            _where(space, key)
+            for space in (INSTANCES, QUEUES, LOCKS)
+            for key, entry in self._caches[space].problems.items()
+            if entry.record is None
+            and semantics.pi_deletes_unreadable(space.name, entry.raw, now, config.heartbeat_timeout_ms)
+        ]
 
     def _compose(self, now: int, config: CoordinatorConfig, config_problems: list[ConfigProblem]) -> FleetSnapshot:
         index = self._index()
@@ -821,9 +824,12 @@ class SnapshotBuilder:
         stats_by_id = index.stats_by_id
         parallelism_by_id = index.parallelism_by_id
         parallelism_views = []
+        doomed = self._unreadable_pi_deletes(now, config)  # what pi's cleanup would remove now
         for key, entry, status, age, counted, liveness in judged:
             info = entry.record if entry is not None else None
             counts[status] += 1
+            if info is not None and not counted and entry is not None:
+                doomed.append(_where(INSTANCES, key))
             instance_id = info.instance_id if info else key
             views.append(
                 InstanceView(
@@ -851,15 +857,18 @@ class SnapshotBuilder:
 
         queue_views = []
         fresh_states = []
-        for state in index.queues:
-            fresh = semantics.is_fresh_queue_state(state, now)
+        for key, state in index.queues:
+            age = semantics.queue_age_ms(state, now)
+            fresh = semantics.is_fresh_queue_age(age)
             if fresh:
                 fresh_states.append(state)
+            elif semantics.is_expired_queue_age(age):
+                doomed.append(_where(QUEUES, key))
             queue_views.append(
                 QueueView(
                     state.instance_id,
                     state,
-                    semantics.queue_age_ms(state, now),
+                    age,
                     fresh,
                     index.claims_per_owner.get(state.instance_id, 0),
                 )
@@ -871,9 +880,10 @@ class SnapshotBuilder:
             if lock is None:
                 lock_views.append(LockView(key, None, None, None, False, entry.problem))
             else:
-                lock_views.append(
-                    LockView(key, lock, now - lock.acquired_at, lock.ttl_left_ms(now), lock.is_expired(now), entry.problem)
-                )
+                expired = lock.is_expired(now)
+                if expired:
+                    doomed.append(_where(LOCKS, key))
+                lock_views.append(LockView(key, lock, now - lock.acquired_at, lock.ttl_left_ms(now), expired, entry.problem))
 
         all_stats = index.stats_by_id.values()
         latencies = [s.avg_latency_ms for s in all_stats if s.total_attempts]
@@ -903,7 +913,7 @@ class SnapshotBuilder:
             steal_candidates=alive_figures.steal_candidates,
             claimable_tasks=sum(len(s.claimable_entries or ()) for s in fresh_states),
             active_instance_ids=alive_figures.ids,
-            cleanup_would_delete=self._pi_cleanup(now, config),
+            cleanup_would_delete=tuple(sorted(doomed)),
         )
         if self._unreadable_events:
             problems.append(

@@ -62,6 +62,11 @@ class InstanceInfo(Record):
         return frozenset((m.provider.lower(), m.model.lower()) for m in self.active_models)
 
     @cached_property
+    def model_pairs(self) -> tuple[tuple[str, str], ...]:
+        """``(provider, model)`` of each model in use, as stored (pi compares them as stored)."""
+        return tuple((m.provider, m.model) for m in self.active_models)
+
+    @cached_property
     def started_ms(self) -> int:
         return to_epoch_ms(self.started_at)
 
