@@ -16,7 +16,7 @@ from typing import Any, Literal, get_args
 
 from pydantic import Field
 
-from ..models import FORMAT_VERSION, JsNumber, JsTime, Record, to_epoch_ms
+from ..models import FORMAT_VERSION, Count, JsNumber, JsTime, Pid, Record, to_epoch_ms
 
 WorkerStatus = Literal["active", "busy", "draining", "offline"]
 WORKER_STATUSES: tuple[str, ...] = get_args(WorkerStatus)
@@ -27,7 +27,7 @@ class LockMetadata(Record):
     """Who took a lock and for what: ``hostname``, ``pid``, ``taskType`` and any other keys."""
 
     hostname: str | None = None
-    pid: int | None = None
+    pid: Pid | None = None
     task_type: str | None = None
 
     def get(self, key: str, default: Any = None) -> Any:
@@ -50,12 +50,12 @@ class Lock(Record):
 
     VERSIONED = True
 
-    format_version: int = FORMAT_VERSION
+    format_version: Count = FORMAT_VERSION
     task_id: str = Field(min_length=1)
     worker_id: str = Field(min_length=1)
     acquired_at: JsTime
     expires_at: JsTime
-    fencing_token: int
+    fencing_token: Count
     metadata: LockMetadata = Field(default_factory=LockMetadata)
 
     @property
@@ -78,18 +78,18 @@ class FencingCounter(Record):
 
     VERSIONED = True
 
-    format_version: int = FORMAT_VERSION
+    format_version: Count = FORMAT_VERSION
     task_id: str
-    last_token: int = Field(ge=0)
+    last_token: Count
 
 
 # ---------------------------------------------------------------- workers
 class WorkerCapacity(Record):
     """How many tasks a worker takes; ``available_slots`` is always ``max(0, max - active)``."""
 
-    max_tasks: int = Field(ge=0)
-    active_tasks: int = Field(default=0, ge=0)
-    available_slots: int | None = Field(default=None, ge=0)
+    max_tasks: Count
+    active_tasks: Count = 0
+    available_slots: Count | None = None
 
     @property
     def free_slots(self) -> int:
@@ -119,7 +119,7 @@ class WorkerInfo(Record):
 
     VERSIONED = True
 
-    format_version: int = FORMAT_VERSION
+    format_version: Count = FORMAT_VERSION
     worker_id: str = Field(min_length=1)
     hostname: str = ""
     status: WorkerStatus = "active"
@@ -210,7 +210,7 @@ class MemoryEntry(Record):
     VERSIONED = True
     KEEP_NULL = frozenset({"value"})
 
-    format_version: int = FORMAT_VERSION
+    format_version: Count = FORMAT_VERSION
     namespace: str
     key: str
     value: Any = None

@@ -1,6 +1,18 @@
 """pydantic records of everything ``core`` reads or writes (the bottom layer)."""
 
-from ._base import CorruptRecord, JsNumber, JsTime, Record, from_epoch_ms, to_epoch_ms, to_js_iso
+from ._base import (
+    Count,
+    CorruptRecord,
+    DurationMs,
+    EpochMs,
+    JsNumber,
+    JsTime,
+    Pid,
+    Record,
+    from_epoch_ms,
+    to_epoch_ms,
+    to_js_iso,
+)
 from .config import CoordinatorConfig
 from .control import ControlRequest
 from .instance import ActiveModelInfo, InstanceInfo
@@ -35,6 +47,10 @@ __all__ = [
     "ControlRequest",
     "CoordinatorConfig",
     "CorruptRecord",
+    "Count",
+    "DurationMs",
+    "EpochMs",
+    "Pid",
     "DistributedLock",
     "InstanceInfo",
     "JsNumber",
