@@ -32,7 +32,8 @@ class Space:
     verbatim: bool = False
     in_place: bool = False
     """Hot state updated many times a second: backends may update it in place
-    under a lock instead of replacing it (readers still never see a torn value)."""
+    instead of replacing it (readers still never see a torn value, and a writer
+    killed mid-update leaves the previous value)."""
 
 
 INSTANCES = Space("instances", ".lock", verbatim=True)
@@ -90,6 +91,11 @@ class StoreError(Exception):
 
 class StoreUnavailable(StoreError):
     """The store as a whole cannot be used (missing root, no permission, server down)."""
+
+
+class StoreBusy(StoreError):
+    """Another process has held an entry's guard longer than a guard may be held (it is
+    stopped, or starved of CPU): nothing was changed, and the caller may try again."""
 
 
 class EntryUnreadable(StoreError):

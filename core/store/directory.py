@@ -1,24 +1,32 @@
 """The directory backend: pi's coordination directory (``~/.pi/runtime``) on a local disk.
 
-Guarantees, and the primitive that gives each one:
+Guarantees, and the primitive that gives each one (README, "What each write
+guarantees"):
 
 * readers never see a partial file: every write goes to a temporary file in the
-  same directory and is moved into place with ``os.replace``;
+  same directory, its every byte checked written, and is moved into place with
+  ``os.replace``; a writer killed or a disk full at any point leaves the old
+  file or the new one, never a mix, and a failure is raised, never ignored;
 * ``create`` is atomic create-if-absent: the complete temporary file is
   hard-linked to its final name, which fails if the name exists, so two
   processes can never both create a lock and nobody sees an empty lock file;
-* ``replace_if`` / ``delete_if`` / ``write`` / ``delete`` are serialised by a
-  ``flock`` guard (one of a fixed set of guard files, picked by hashing the
-  name).  ``flock`` is released by the kernel when a process dies, so a crashed
-  writer never leaves the guard held.  Because nothing replaces or removes a
-  file without that guard, a compare-and-delete cannot remove a file that
-  changed after it was compared;
-* spaces marked ``in_place`` (rate-limiter and backoff state, updated on
-  every request) are never replaced: on ext4 a rename over an existing file
-  costs ~125 us (``auto_da_alloc`` flushes it), so they are rewritten with
-  ``pwrite`` + ``ftruncate`` under an exclusive ``flock`` of the file itself,
-  and read under a shared one.  A writer whose cached descriptor points at a
-  removed file (``st_nlink == 0``) reopens it;
+* ``replace_if`` / ``delete_if`` / ``write`` / ``delete`` / ``update`` hold an
+  exclusive ``flock`` of the file they change (checking, once held, that it is
+  still the one under the name), and nothing replaces or removes an existing
+  file without it, so a compare-and-delete cannot remove a file that changed
+  after it was compared.  The lock covers one key only and is held for a few
+  system calls; a waiter gives up after ``guard_wait_s`` with
+  :class:`StoreBusy` (its holder is stopped or starved), so a stopped process
+  never blocks anyone else's keys and never blocks its own for ever.  The
+  kernel releases a ``flock`` when its process dies;
+* spaces marked ``in_place`` (rate-limiter, backoff and fencing state, updated
+  on every request) are never replaced: a rename over an existing file costs
+  ~200 us on ext4, so they keep two checksummed slots (:mod:`.twin_slots`)
+  and a writer rewrites the older slot with one ``pwrite``; a torn slot fails
+  its checksum and the other still holds the previous value;
+* the event log is appended without any lock (one ``O_APPEND`` write per
+  line); a line cut short by a full disk is raised to the caller, the next
+  append starts on a fresh line, and readers report the fragment;
 * hostile entries (symlinks, FIFOs, directories, huge or unreadable files) are
   reported as unreadable, never followed, blocked on or crashed over;
 * every key has a file name: one that cannot be spelled as one (too long once
@@ -27,6 +35,9 @@ Guarantees, and the primitive that gives each one:
   listings give back as its key; so a hostile id costs nothing but itself;
 * file names that are not UTF-8 are keys spelled with ``surrogateescape``, as
   Python spells such names everywhere;
+* every ``OSError`` becomes a :class:`StoreError` naming the path and the reason;
+* a root owned by another user (or a symbolic link to one, or one owned by
+  another user) is refused unless ``allow_foreign_root``;
 * directories are created 0700 and files 0600.
 """
 
@@ -36,6 +47,7 @@ import errno
 import fcntl
 import hashlib
 import os
+import pwd
 import re
 import secrets
 import stat
@@ -47,12 +59,14 @@ from contextlib import contextmanager
 from functools import lru_cache
 from pathlib import Path
 
+from . import twin_slots
 from .base import (
     ALL_SPACES,
     Blob,
     EntryUnreadable,
     Space,
     Store,
+    StoreBusy,
     StoreError,
     StoreUnavailable,
     Updater,
@@ -63,17 +77,16 @@ ENV_ROOT = "PI_RUNTIME_DIR"
 EVENTS_DIR = "pi-dash/events"
 EVENTS_MAX_BYTES = 2 * 1024 * 1024
 EVENTS_SEGMENTS_KEPT = 3
-_EVENTS_GUARD = Space("pi-dash", "events")  # names the guard stripe of the log
 CONFIG_FILE = "coordinator.json"
-GUARD_DIR = "pi-dash/guards"
-GUARD_STRIPES = 64
+GUARD_WAIT_S = 2.0  # a guard is held for a few system calls: waiting longer means its holder is stopped
+THREAD_STRIPES = 64  # threads of one process share an in-place file's descriptor: a lock per stripe
 MAX_BLOB_BYTES = 8 * 1024 * 1024
 MAX_NAME_BYTES = 255  # NAME_MAX on Linux and macOS
 HASH_MARK = "~"  # never in an encoded key (encode_key spells it %7E), so a hashed name is never an encoded one
 HASHED_PREFIX_CHARS = 96
 TEMP_PREFIX_BYTES = 200  # a temporary file's name keeps at most this much of its target's, to stay within NAME_MAX
 _HASHED_STEM = re.compile(r"[A-Za-z0-9_%%-]{0,%d}~[0-9a-f]{24}" % HASHED_PREFIX_CHARS)
-READ_LOCK_TIMEOUT_S = 0.5  # long enough to win against busy writers, short enough not to freeze a reader
+READ_RETRIES = 3  # an in-place record whose both slots were torn by two writes during one read
 TEMP_SUFFIX = ".tmp"
 _READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 _SAFE_KEY_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_")
@@ -153,13 +166,17 @@ def file_stem(key: str, verbatim: bool, suffix: str) -> str:
 class DirectoryStore(Store):
     """A :class:`Store` on a local directory laid out as pi lays it out."""
 
-    def __init__(self, root: str | os.PathLike[str]) -> None:
+    def __init__(
+        self, root: str | os.PathLike[str], *, guard_wait_s: float = GUARD_WAIT_S, allow_foreign_root: bool = False
+    ) -> None:
         self.root = Path(root)
         self._root = str(self.root)
+        self.guard_wait_s = guard_wait_s
+        self.allow_foreign_root = allow_foreign_root
+        self._owner_checked = False
         self._dirs: dict[Space, str] = {}
-        self._guard_fds: dict[int, int] = {}
-        self._guard_pid = os.getpid()
-        self._thread_guards = [threading.Lock() for _ in range(GUARD_STRIPES)]
+        self._fd_pid = os.getpid()
+        self._thread_locks = [threading.Lock() for _ in range(THREAD_STRIPES)]
         self._made_dirs: set[str] = set()
         self._in_place_fds: dict[str, int] = {}
 
@@ -234,6 +251,7 @@ class DirectoryStore(Store):
     def _ensure_dir(self, path: str) -> None:
         if path in self._made_dirs:
             return
+        self._check_owner()
         try:
             _make_private_dirs(path)
         except PermissionError as exc:
@@ -241,6 +259,31 @@ class DirectoryStore(Store):
         except OSError as exc:
             raise StoreError(f"cannot create {path}: {exc.strerror}") from exc
         self._made_dirs.add(path)
+        self._check_owner()  # the root may have just been made: by us
+
+    def _check_owner(self) -> None:
+        """Refuse a root that another user owns, or that is their symbolic link: whoever
+        owns it can read every record and plant files (or point the link elsewhere)."""
+        if self._owner_checked or self.allow_foreign_root:
+            return
+        try:
+            link = os.lstat(self._root)
+            target = os.stat(self._root) if stat.S_ISLNK(link.st_mode) else link
+        except FileNotFoundError:
+            return  # not there yet: made by us, and checked once made
+        except OSError as exc:
+            raise StoreUnavailable(f"{self._root}: {_describe_open_error(exc)}") from None
+        me = os.geteuid()
+        owners = [("belongs to", target)]
+        if stat.S_ISLNK(link.st_mode):
+            owners.insert(0, ("is a symbolic link owned by", link))
+        for what, st in owners:
+            if st.st_uid != me:
+                raise StoreUnavailable(
+                    f"{self._root} {what} {_user_name(st.st_uid)}, not to {_user_name(me)}; "
+                    "refused (--allow-foreign-root, or allow_foreign_root=True, to use it anyway)"
+                )
+        self._owner_checked = True
 
     def locate(self, path: str) -> tuple[Space, str] | None:
         """The space and key a changed file path belongs to (for file watchers), if any."""
@@ -262,43 +305,54 @@ class DirectoryStore(Store):
 
     # ---------------------------------------------------------------- guard
     @contextmanager
-    def _guard(self, space: Space, filename: str) -> Iterator[None]:
-        stripe = zlib.crc32(os.fsencode(f"{space.name}/{filename}")) % GUARD_STRIPES
-        with self._thread_guards[stripe]:
-            fd = self._guard_fd(stripe)
-            fcntl.flock(fd, fcntl.LOCK_EX)
+    def _holding(self, path: str, key: str) -> Iterator[int | None]:
+        """Hold an exclusive ``flock`` of the file now under ``path``, or ``None`` if there is
+        none.  Every replacement or removal of an existing file holds it, so what the holder
+        reads through the descriptor stays under the name until it lets go."""
+        deadline = time.monotonic() + self.guard_wait_s
+        while True:
             try:
-                yield
+                fd = os.open(path, _READ_FLAGS)
+            except FileNotFoundError:
+                yield None
+                return
+            except OSError as exc:
+                raise EntryUnreadable(key, _describe_open_error(exc)) from None
+            try:
+                st = os.fstat(fd)
+                if not stat.S_ISREG(st.st_mode):
+                    raise EntryUnreadable(key, "not a regular file")
+                _flock_within(fd, fcntl.LOCK_EX, deadline, path, self.guard_wait_s)
+                if _still_named(path, st):
+                    yield fd
+                    return
+            except OSError as exc:
+                raise StoreError(f"cannot lock {path}: {exc.strerror}") from None
             finally:
-                fcntl.flock(fd, fcntl.LOCK_UN)
+                os.close(fd)  # releases the flock
+            # replaced or removed while we waited: lock its successor
 
     def _forget_descriptors_after_fork(self) -> None:
-        if self._guard_pid != os.getpid():
+        if self._fd_pid != os.getpid():
             # A forked child shares its parent's open file descriptions, and so
             # its flocks: it must open descriptors of its own.
-            self._guard_fds = {}
             self._in_place_fds = {}
-            self._guard_pid = os.getpid()
-
-    def _guard_fd(self, stripe: int) -> int:
-        self._forget_descriptors_after_fork()
-        fd = self._guard_fds.get(stripe)
-        if fd is None:
-            guard_dir = os.path.join(self._root, GUARD_DIR)
-            self._ensure_dir(guard_dir)
-            fd = os.open(os.path.join(guard_dir, f"{stripe:02x}"), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-            self._guard_fds[stripe] = fd
-        return fd
+            self._fd_pid = os.getpid()
 
     # ------------------------------------------------------------- reading
     def check(self) -> None:
         root = self.root
-        if not root.exists():
-            raise StoreUnavailable(f"{root} does not exist (no pi instance has registered here yet)")
-        if not root.is_dir():
+        try:
+            st = os.stat(root)
+        except FileNotFoundError:
+            raise StoreUnavailable(f"{root} does not exist (no pi instance has registered here yet)") from None
+        except OSError as exc:
+            raise StoreUnavailable(f"{root} cannot be reached: {_describe_open_error(exc)}") from None
+        if not stat.S_ISDIR(st.st_mode):
             raise StoreUnavailable(f"{root} is not a directory")
         if not os.access(root, os.R_OK | os.X_OK):
             raise StoreUnavailable(f"{root} is not readable: permission denied")
+        self._check_owner()
 
     def versions(self, space: Space) -> dict[str, Version]:
         found: dict[str, Version] = {}
@@ -308,8 +362,8 @@ class DirectoryStore(Store):
             return found
         except NotADirectoryError:
             raise StoreUnavailable(f"{self._dir(space)} is not a directory") from None
-        except PermissionError:
-            raise StoreUnavailable(f"cannot list {self._dir(space)}: permission denied") from None
+        except OSError as exc:
+            raise StoreUnavailable(f"cannot list {self._dir(space)}: {_describe_open_error(exc)}") from None
         with entries:
             for entry in entries:
                 key = self._key_of(space, entry.name)
@@ -346,7 +400,7 @@ class DirectoryStore(Store):
                 if key is None:
                     continue
                 try:
-                    blob = self._read_path(name, key, shared_lock=space.in_place, dir_fd=dir_fd)
+                    blob = self._read_path(name, key, in_place=space.in_place, dir_fd=dir_fd)
                 except EntryUnreadable as exc:
                     found[key] = exc
                 else:
@@ -358,13 +412,13 @@ class DirectoryStore(Store):
 
     def read(self, space: Space, key: str) -> Blob | None:
         path = os.path.join(self._dir(space), self._filename(space, key))
-        return self._read_path(path, key, shared_lock=space.in_place)
+        return self._read_path(path, key, in_place=space.in_place)
 
     def read_config(self) -> bytes | None:
         blob = self._read_path(os.path.join(self._root, CONFIG_FILE), CONFIG_FILE)
         return None if blob is None else blob.data
 
-    def _read_path(self, path: str, key: str, shared_lock: bool = False, dir_fd: int | None = None) -> Blob | None:
+    def _read_path(self, path: str, key: str, in_place: bool = False, dir_fd: int | None = None) -> Blob | None:
         try:
             fd = os.open(path, _READ_FLAGS, dir_fd=dir_fd)
         except FileNotFoundError:
@@ -375,30 +429,34 @@ class DirectoryStore(Store):
             st = os.fstat(fd)
             if not stat.S_ISREG(st.st_mode):
                 raise EntryUnreadable(key, "not a regular file")
-            if shared_lock:
-                _lock_shared(fd, key)  # released by close below
-                st = os.fstat(fd)
-                if st.st_size == 0:
-                    return None  # created, never written: as good as absent
-            if st.st_size > MAX_BLOB_BYTES:
-                raise EntryUnreadable(key, f"{st.st_size} bytes is larger than the {MAX_BLOB_BYTES} allowed")
-            # One read of size+1 normally returns the whole file and proves
-            # the end; a file that grew meanwhile is read on to the cap.
-            chunks = [os.read(fd, st.st_size + 1)]
-            total = len(chunks[0])
-            while total > st.st_size and total <= MAX_BLOB_BYTES:
-                chunk = os.read(fd, 1 << 20)
-                if not chunk:
-                    break
-                chunks.append(chunk)
-                total += len(chunk)
-            if total > MAX_BLOB_BYTES:
-                raise EntryUnreadable(key, f"larger than the {MAX_BLOB_BYTES} bytes allowed")
-            data = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+            if in_place:
+                return self._read_slots(fd, key)
+            data = _read_whole(fd, st, key)
         except OSError as exc:
             raise EntryUnreadable(key, exc.strerror or str(exc)) from None
         finally:
             os.close(fd)
+        version = (st.st_ino, st.st_mtime_ns, st.st_size, stat.S_IFMT(st.st_mode))
+        return Blob(key, data, version, st.st_mtime_ns // 1_000_000)
+
+    def _read_slots(self, fd: int, key: str) -> Blob | None:
+        """The newest intact slot of an in-place record; read again if a writer tore both
+        while we read, then under a shared lock (waiting at most ``guard_wait_s``)."""
+        for attempt in range(READ_RETRIES + 1):
+            if attempt == READ_RETRIES:
+                _flock_within(fd, fcntl.LOCK_SH, time.monotonic() + self.guard_wait_s, key, self.guard_wait_s)
+            st = os.fstat(fd)
+            if st.st_size == 0:
+                return None  # created, never written (by an older version): as good as absent
+            data = _read_whole(fd, st, key)
+            if not twin_slots.is_slotted(data):
+                break  # written whole by an older version: plain JSON
+            found = twin_slots.newest(data)
+            if found is not None:
+                data = found[0]
+                break
+        else:
+            raise EntryUnreadable(key, "neither slot holds an intact record")
         version = (st.st_ino, st.st_mtime_ns, st.st_size, stat.S_IFMT(st.st_mode))
         return Blob(key, data, version, st.st_mtime_ns // 1_000_000)
 
@@ -413,17 +471,33 @@ class DirectoryStore(Store):
         except OSError as exc:
             raise StoreError(f"cannot write in {directory}: {exc.strerror}") from None
         try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view) :]
+            _write_all(fd, data)
             if durable:
                 os.fsync(fd)
         except OSError as exc:
             os.close(fd)
             _unlink_quietly(temp)
-            raise StoreError(f"cannot write {temp}: {exc.strerror}") from None
+            raise StoreError(f"cannot write {os.path.join(directory, filename)}: {exc.strerror}") from None
         os.close(fd)
         return temp
+
+    def _publish(self, temp: str, path: str, fd: int | None) -> bool:
+        """Put the staged ``temp`` under ``path``: over the file we hold locked (``fd``), or,
+        when there was none, only if there still is none (``False``: one appeared, retry)."""
+        try:
+            if fd is not None:
+                os.replace(temp, path)
+                return True
+            os.link(temp, path)
+            return True
+        except FileExistsError:
+            return False
+        except OSError as exc:
+            if fd is None and exc.errno in _NO_HARD_LINKS:
+                return _create_exclusive(path, _read_staged(temp))
+            raise StoreError(f"cannot replace {path}: {exc.strerror}") from None
+        finally:
+            _unlink_quietly(temp)
 
     def write(self, space: Space, key: str, data: bytes, *, durable: bool = True) -> None:
         if space.in_place:
@@ -431,127 +505,135 @@ class DirectoryStore(Store):
             return
         directory = self._dir(space)
         filename = self._filename(space, key)
-        temp = self._stage(directory, filename, data, durable)
-        try:
-            with self._guard(space, filename):
-                os.replace(temp, os.path.join(directory, filename))
-        except OSError as exc:
-            _unlink_quietly(temp)
-            raise StoreError(f"cannot replace {os.path.join(directory, filename)}: {exc.strerror}") from None
+        path = os.path.join(directory, filename)
+        while True:
+            temp = self._stage(directory, filename, data, durable)
+            try:
+                with self._holding(path, key) as fd:
+                    if self._publish(temp, path, fd):
+                        return
+            except EntryUnreadable:
+                # Something not a file of ours holds the name (a symlink, a FIFO...): replace it.
+                if self._publish(temp, path, -1):
+                    return
+            finally:
+                _unlink_quietly(temp)
 
     def create(self, space: Space, key: str, data: bytes) -> bool:
         directory = self._dir(space)
         filename = self._filename(space, key)
         temp = self._stage(directory, filename, data, durable=False)
-        try:
-            os.link(temp, os.path.join(directory, filename))
-            return True
-        except FileExistsError:
-            return False
-        except OSError as exc:
-            if exc.errno in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EMLINK):
-                return self._create_without_link(os.path.join(directory, filename), data)
-            raise StoreError(f"cannot create {os.path.join(directory, filename)}: {exc.strerror}") from None
-        finally:
-            _unlink_quietly(temp)
-
-    @staticmethod
-    def _create_without_link(path: str, data: bytes) -> bool:
-        """Fallback for file systems without hard links: ``O_EXCL`` still makes it atomic."""
-        try:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
-        except FileExistsError:
-            return False
-        try:
-            os.write(fd, data)
-        finally:
-            os.close(fd)
-        return True
+        return self._publish(temp, os.path.join(directory, filename), None)
 
     def replace_if(self, space: Space, key: str, expected: bytes, data: bytes) -> bool:
         directory = self._dir(space)
         filename = self._filename(space, key)
+        path = os.path.join(directory, filename)
         temp = self._stage(directory, filename, data, durable=False)
         try:
-            with self._guard(space, filename):
-                current = self._read_path(os.path.join(directory, filename), key)
-                if current is None or current.data != expected:
+            with self._holding(path, key) as fd:
+                if fd is None or _read_fd(fd, key) != expected:
                     return False
-                os.replace(temp, os.path.join(directory, filename))
-                return True
+                return self._publish(temp, path, fd)
         finally:
             _unlink_quietly(temp)
 
     def delete_if(self, space: Space, key: str, expected: bytes) -> bool:
-        directory = self._dir(space)
-        filename = self._filename(space, key)
-        with self._guard(space, filename):
-            try:
-                current = self._read_path(os.path.join(directory, filename), key)
-            except EntryUnreadable:
-                return False
-            if current is None or current.data != expected:
-                return False
-            return _unlink_quietly(os.path.join(directory, filename))
+        path = os.path.join(self._dir(space), self._filename(space, key))
+        try:
+            with self._holding(path, key) as fd:
+                if fd is None or _read_fd(fd, key) != expected:
+                    return False
+                return _unlink_quietly(path)
+        except EntryUnreadable:
+            return False
 
     def delete(self, space: Space, key: str) -> bool:
-        filename = self._filename(space, key)
-        with self._guard(space, filename):
-            return _unlink_quietly(os.path.join(self._dir(space), filename))
+        path = os.path.join(self._dir(space), self._filename(space, key))
+        try:
+            with self._holding(path, key) as fd:
+                return fd is not None and _unlink_quietly(path)
+        except EntryUnreadable:
+            return _unlink_quietly(path)  # not a file of ours: nobody holds it
 
     def update(self, space: Space, key: str, updater: Updater) -> bytes | None:
         directory = self._dir(space)
         filename = self._filename(space, key)
         path = os.path.join(directory, filename)
         if space.in_place:
-            return self._update_in_place(space, filename, path, updater)
-        with self._guard(space, filename):
-            current = self._read_path(path, key)
-            before = None if current is None else current.data
-            after = updater(before)
-            if after is None or after == before:
-                return before
-            temp = self._stage(directory, filename, after, durable=False)
-            try:
-                os.replace(temp, path)
-            except OSError as exc:
-                _unlink_quietly(temp)
-                raise StoreError(f"cannot replace {path}: {exc.strerror}") from None
-            return after
+            return self._update_in_place(path, key, updater)
+        while True:
+            with self._holding(path, key) as fd:
+                before = None if fd is None else _read_fd(fd, key)
+                after = updater(before)
+                if after is None or after == before:
+                    return before
+                temp = self._stage(directory, filename, after, durable=False)
+                if self._publish(temp, path, fd):
+                    return after
+            # created by someone else meanwhile: update theirs
 
-    def _update_in_place(self, space: Space, filename: str, path: str, updater: Updater) -> bytes | None:
-        stripe = zlib.crc32(os.fsencode(f"{space.name}/{filename}")) % GUARD_STRIPES
-        with self._thread_guards[stripe]:
+    def _update_in_place(self, path: str, key: str, updater: Updater) -> bytes | None:
+        """Read-modify-write of a two-slot record (:mod:`.twin_slots`) under an exclusive
+        ``flock`` of the file, which is replaced only to be created or grown."""
+        with self._thread_locks[zlib.crc32(os.fsencode(path)) % THREAD_STRIPES]:
             while True:
                 fd = self._in_place_fd(path)
-                fcntl.flock(fd, fcntl.LOCK_EX)
-                try:
-                    st = os.fstat(fd)
-                    if st.st_nlink:
-                        before = os.pread(fd, st.st_size, 0) if st.st_size else None
-                        after = updater(before)
-                        if after is None or after == before:
-                            return before
-                        os.pwrite(fd, after, 0)
-                        if len(after) < st.st_size:
-                            os.ftruncate(fd, len(after))
+                if fd is None:  # absent: create it whole, or learn that someone else just did
+                    after = updater(None)
+                    if after is None:
+                        return None
+                    temp = self._stage(os.path.dirname(path), os.path.basename(path), twin_slots.new_file(after), False)
+                    if self._publish(temp, path, None):
                         return after
+                    continue
+                try:
+                    _flock_within(fd, fcntl.LOCK_EX, time.monotonic() + self.guard_wait_s, path, self.guard_wait_s)
+                    try:
+                        st = os.fstat(fd)
+                        if st.st_nlink:
+                            return self._rewrite_slot(fd, st, path, updater)
+                    finally:
+                        fcntl.flock(fd, fcntl.LOCK_UN)
                 except OSError as exc:
                     raise StoreError(f"cannot update {path}: {exc.strerror}") from None
-                finally:
-                    fcntl.flock(fd, fcntl.LOCK_UN)
-                # Removed since we opened it: writes would go nowhere; reopen.
+                # Replaced or removed since we opened it: writes would go nowhere; reopen.
                 self._forget_in_place_fd(path)
 
-    def _in_place_fd(self, path: str) -> int:
+    def _rewrite_slot(self, fd: int, st: os.stat_result, path: str, updater: Updater) -> bytes | None:
+        data = _read_whole(fd, st, path) if st.st_size else b""
+        found = twin_slots.newest(data) if twin_slots.is_slotted(data) else None
+        before = found[0] if found is not None else (data or None)
+        after = updater(before)
+        if after is None or after == before:
+            return before
+        sequence = found[1] + 1 if found is not None else 1
+        slot = twin_slots.encode_slot(after, sequence)
+        if found is None or len(slot) > st.st_size // 2:
+            # Older plain JSON, garbage, or outgrown: a new file, whole, in its place.
+            temp = self._stage(os.path.dirname(path), os.path.basename(path), twin_slots.new_file(after, sequence), False)
+            self._publish(temp, path, fd)  # our descriptor now names a removed file: reopened next time
+            return after
+        offset = (1 - found[2]) * (st.st_size // 2)  # the older slot; the newest stays intact
+        written = os.pwrite(fd, slot, offset)
+        if written != len(slot):
+            raise StoreError(f"cannot update {path}: {written} of {len(slot)} bytes written (disk full?)")
+        return after
+
+    def _in_place_fd(self, path: str) -> int | None:
         self._forget_descriptors_after_fork()
         fd = self._in_place_fds.get(path)
         if fd is None:
             self._ensure_dir(os.path.dirname(path))
             try:
-                fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+                fd = os.open(path, os.O_RDWR | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+            except FileNotFoundError:
+                return None
             except OSError as exc:
                 raise StoreError(f"cannot open {path}: {_describe_open_error(exc)}") from None
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                os.close(fd)
+                raise StoreError(f"cannot open {path}: not a regular file")
             if len(self._in_place_fds) >= 256:
                 self._forget_in_place_fd(next(iter(self._in_place_fds)))
             self._in_place_fds[path] = fd
@@ -572,6 +654,8 @@ class DirectoryStore(Store):
             names = os.listdir(os.path.join(self._root, EVENTS_DIR))
         except FileNotFoundError:
             return []
+        except OSError as exc:
+            raise StoreError(f"cannot list {os.path.join(self._root, EVENTS_DIR)}: {_describe_open_error(exc)}") from None
         return sorted(int(n[:-6]) for n in names if n.endswith(".jsonl") and n[:-6].isdigit())
 
     def event_log_problems(self) -> list[tuple[str, str]]:
@@ -591,28 +675,37 @@ class DirectoryStore(Store):
         return os.path.join(self._root, EVENTS_DIR, f"{number:06d}.jsonl")
 
     def append_event(self, data: bytes) -> None:
-        """Append one line; past ``EVENTS_MAX_BYTES`` a new segment starts and the oldest go."""
+        """Append one line, all of it or a raised error, without any lock: one ``O_APPEND``
+        write per line.  A line a full disk cut short stays a fragment that the next append
+        ends (it starts with a newline when the log does not end with one) and readers
+        report; past ``EVENTS_MAX_BYTES`` a new segment starts and the oldest go."""
         if not data.strip() or b"\n" in data:
             raise ValueError("an event must be one non-empty line")
         self._ensure_dir(os.path.join(self._root, EVENTS_DIR))
-        with self._guard(_EVENTS_GUARD, "log"):
-            segments = self._segments() or [1]
-            path = self._segment_path(segments[-1])
+        segments = self._segments() or [1]
+        path = self._segment_path(segments[-1])
+        try:
+            flags = os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK
+            fd = os.open(path, flags, 0o600)
             try:
-                fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK, 0o600)
-                try:
-                    if not stat.S_ISREG(os.fstat(fd).st_mode):
-                        raise StoreError(f"{path} is not a regular file; event not written")
-                    os.write(fd, data + b"\n")
-                    size = os.fstat(fd).st_size
-                finally:
-                    os.close(fd)
-                if size > EVENTS_MAX_BYTES:
-                    _create_empty(self._segment_path(segments[-1] + 1))
-                    for old in segments[: -(EVENTS_SEGMENTS_KEPT - 1) or None]:
-                        _unlink_quietly(self._segment_path(old))
-            except OSError as exc:
-                raise StoreError(f"cannot append to {path}: {exc.strerror}") from None
+                st = os.fstat(fd)
+                if not stat.S_ISREG(st.st_mode):
+                    raise StoreError(f"{path} is not a regular file; event not written")
+                line = data + b"\n"
+                if st.st_size and os.pread(fd, 1, st.st_size - 1) != b"\n":
+                    line = b"\n" + line  # after a torn line: start a fresh one
+                written = os.write(fd, line)
+                if written != len(line):
+                    raise StoreError(f"cannot append to {path}: {written} of {len(line)} bytes written (disk full?)")
+                size = os.fstat(fd).st_size
+            finally:
+                os.close(fd)
+            if size > EVENTS_MAX_BYTES:
+                _create_empty(self._segment_path(segments[-1] + 1))
+                for old in segments[: -(EVENTS_SEGMENTS_KEPT - 1) or None]:
+                    _unlink_quietly(self._segment_path(old))
+        except OSError as exc:
+            raise StoreError(f"cannot append to {path}: {_describe_open_error(exc)}") from None
 
     def read_events(self, cursor: int = 0, limit: int = 1000) -> tuple[list[bytes], int]:
         segment, offset = cursor >> 40, cursor & ((1 << 40) - 1)
@@ -664,20 +757,99 @@ def _make_private_dirs(path: str) -> None:
             pass
 
 
-def _lock_shared(fd: int, key: str) -> None:
-    """A shared lock for reading, waiting at most ``READ_LOCK_TIMEOUT_S``: a writer
-    stopped mid-update must not freeze the reader (the dashboard)."""
-    deadline = time.monotonic() + READ_LOCK_TIMEOUT_S
+def _flock_within(fd: int, operation: int, deadline: float, what: str, wait_s: float) -> None:
+    """``flock``, waiting at most until ``deadline``: a holder stopped inside its guard
+    (Ctrl-Z, a debugger, a paused VM) must not stop everyone else with it."""
     pause = 0.0001
     while True:
         try:
-            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            fcntl.flock(fd, operation | fcntl.LOCK_NB)
             return
         except BlockingIOError:
             if time.monotonic() >= deadline:
-                raise EntryUnreadable(key, "locked by a writer that does not finish") from None
+                raise StoreBusy(
+                    f"{what}: locked by another process for more than {wait_s:g} s (stopped or starved?); "
+                    "nothing was changed, try again"
+                ) from None
             time.sleep(pause)
             pause = min(pause * 2, 0.005)
+
+
+def _still_named(path: str, st: os.stat_result) -> bool:
+    """Whether the file ``st`` describes is still the one under ``path``."""
+    try:
+        now = os.stat(path, follow_symlinks=False)
+    except FileNotFoundError:
+        return False
+    return (now.st_ino, now.st_dev) == (st.st_ino, st.st_dev)
+
+
+def _read_whole(fd: int, st: os.stat_result, key: str) -> bytes:
+    """All of a file, by offset (the descriptor may be shared), capped at ``MAX_BLOB_BYTES``."""
+    if st.st_size > MAX_BLOB_BYTES:
+        raise EntryUnreadable(key, f"{st.st_size} bytes is larger than the {MAX_BLOB_BYTES} allowed")
+    # One read of size+1 normally returns the whole file and proves the end; a
+    # file that grew meanwhile is read on to the cap.
+    chunks = [os.pread(fd, st.st_size + 1, 0)]
+    total = len(chunks[0])
+    while total > st.st_size and total <= MAX_BLOB_BYTES:
+        chunk = os.pread(fd, 1 << 20, total)
+        if not chunk:
+            break
+        chunks.append(chunk)
+        total += len(chunk)
+    if total > MAX_BLOB_BYTES:
+        raise EntryUnreadable(key, f"larger than the {MAX_BLOB_BYTES} bytes allowed")
+    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+
+def _read_fd(fd: int, key: str) -> bytes:
+    try:
+        return _read_whole(fd, os.fstat(fd), key)
+    except OSError as exc:
+        raise EntryUnreadable(key, exc.strerror or str(exc)) from None
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    """Every byte, or an ``OSError``: a write that makes no progress is a full disk."""
+    view = memoryview(data)
+    while view:
+        written = os.write(fd, view)
+        if written <= 0:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        view = view[written:]
+
+
+_NO_HARD_LINKS = (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EMLINK)
+
+
+def _read_staged(temp: str) -> bytes:
+    with open(temp, "rb") as staged:
+        return staged.read()
+
+
+def _create_exclusive(path: str, data: bytes) -> bool:
+    """Create-if-absent for file systems without hard links: ``O_EXCL`` still decides
+    who creates, and a failed write removes the partial file before raising."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+    except FileExistsError:
+        return False
+    try:
+        _write_all(fd, data)
+    except OSError as exc:
+        os.close(fd)
+        _unlink_quietly(path)
+        raise StoreError(f"cannot create {path}: {exc.strerror}") from None
+    os.close(fd)
+    return True
+
+
+def _user_name(uid: int) -> str:
+    try:
+        return f"{pwd.getpwuid(uid).pw_name} (uid {uid})"
+    except KeyError:
+        return f"uid {uid}"
 
 
 def _create_empty(path: str) -> None:
@@ -688,7 +860,10 @@ def _create_empty(path: str) -> None:
 
 
 def _read_lines(path: str, offset: int, limit: int) -> tuple[list[bytes], int]:
-    """Whole lines from ``offset`` (a line still being appended is left for next time)."""
+    """Whole lines from ``offset`` (a line still being appended is left for next time).
+
+    Blank lines are skipped: an appender that saw the log end mid-line (a torn
+    line, or another append still being copied) starts its own with a newline."""
     try:
         fd = os.open(path, _READ_FLAGS)
     except OSError:
@@ -704,8 +879,14 @@ def _read_lines(path: str, offset: int, limit: int) -> tuple[list[bytes], int]:
     end = data.rfind(b"\n")
     if end < 0 or limit <= 0:
         return [], offset
-    lines = data[:end].split(b"\n")[:limit]
-    return lines, offset + sum(len(line) + 1 for line in lines)
+    lines: list[bytes] = []
+    for line in data[:end].split(b"\n"):
+        offset += len(line) + 1
+        if line:
+            lines.append(line)
+            if len(lines) == limit:
+                break
+    return lines, offset
 
 
 def read_regular_file(path: str | os.PathLike[str], max_bytes: int) -> bytes:
@@ -745,8 +926,8 @@ def _unlink_quietly(path: str) -> bool:
         return False
     except IsADirectoryError:
         return False
-    except PermissionError as exc:
-        raise StoreError(f"cannot remove {path}: permission denied") from exc
+    except OSError as exc:
+        raise StoreError(f"cannot remove {path}: {_describe_open_error(exc)}") from None
 
 
 def _describe_open_error(exc: OSError) -> str:
@@ -756,4 +937,6 @@ def _describe_open_error(exc: OSError) -> str:
         return "permission denied"
     if exc.errno == errno.ENXIO:
         return "not a regular file"
+    if exc.errno == errno.EROFS:
+        return "read-only file system"
     return exc.strerror or str(exc)
