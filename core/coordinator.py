@@ -120,13 +120,18 @@ class Coordinator:
         settings: CrossInstanceSettings | None = None,
         parallelism: AdjusterConfig | None = None,
         offer_to_non_claiming: bool = False,
+        allow_foreign_root: bool = False,
     ) -> None:
         """``offer_to_non_claiming``: also list this instance's stealable entries
         where pi's own thieves read them.  pi's thieves claim nothing and this
         instance runs its entries after claiming them, so such an entry may run
-        twice: only for work that may."""
+        twice: only for work that may.  ``allow_foreign_root``: use a root another
+        user owns (refused by default: its owner could read every record and plant
+        files)."""
         self.offer_to_non_claiming = offer_to_non_claiming
-        self.store = store if store is not None else DirectoryStore(default_root(root, env))
+        self.store = (
+            store if store is not None else DirectoryStore(default_root(root, env), allow_foreign_root=allow_foreign_root)
+        )
         self.clock = clock
         self._env = os.environ if env is None else env
         self.instance_name = instance_name or self._env.get(ENV_INSTANCE_NAME) or None
@@ -153,40 +158,46 @@ class Coordinator:
 
     # ----------------------------------------------------------- lifecycle
     def register(self, session_id: str | None = None, cwd: str | None = None, *, heartbeat: bool = True) -> InstanceInfo:
-        """Write this instance's file and start heartbeating; call once at start-up."""
+        """Write this instance's file and start heartbeating; call once at start-up.
+
+        Idempotent and retryable: a call that raised (full disk, read-only
+        directory) changed nothing, so calling again once the cause is fixed
+        registers for real; a call on a registered instance returns its info
+        and only starts the heartbeat if it is not running.
+        """
         with self._state:
-            if self._info is not None:
-                return self._info
-            if isinstance(self.store, DirectoryStore):
-                self.store.ensure_layout()
-            now = self.clock.now_ms()
-            session_id = session_id or secrets.token_hex(8)
-            pid = os.getpid()
-            info = InstanceInfo(
-                instance_id=generate_instance_id(session_id, pid, now),
-                pid=pid,
-                session_id=session_id,
-                started_at=utc_from_ms(now),
-                last_heartbeat=utc_from_ms(now),
-                cwd=os.getcwd() if cwd is None else cwd,
-                active_models=(),
-                hostname=HOSTNAME,
-                process_started_at=own_start_ms(),
-                instance_name=self.instance_name,
-                honours_claims=True,
-            )
-            self._info = info
-            self._locks = LockService(self.store, info.instance_id, self.clock)
-            self.events = EventLog(self.store, info.instance_id, self.clock)
-            self._stealing = StealingService(self.store, self._locks, info.instance_id, self.clock, self.events)
-            self._write_info()
-            self._start_slot_gate(info)
-        if heartbeat:
-            assert self.adjuster is not None
-            self.adjuster.start_recovery_timer()
-            self._stop.clear()
-            self._thread = threading.Thread(target=self._heartbeat_loop, name="pi-dash-heartbeat", daemon=True)
-            self._thread.start()
+            if self._info is None:
+                if isinstance(self.store, DirectoryStore):
+                    self.store.ensure_layout()
+                now = self.clock.now_ms()
+                session_id = session_id or secrets.token_hex(8)
+                pid = os.getpid()
+                info = InstanceInfo(
+                    instance_id=generate_instance_id(session_id, pid, now),
+                    pid=pid,
+                    session_id=session_id,
+                    started_at=utc_from_ms(now),
+                    last_heartbeat=utc_from_ms(now),
+                    cwd=os.getcwd() if cwd is None else cwd,
+                    active_models=(),
+                    hostname=HOSTNAME,
+                    process_started_at=own_start_ms(),
+                    instance_name=self.instance_name,
+                    honours_claims=True,
+                )
+                self._locks = LockService(self.store, info.instance_id, self.clock)
+                self.events = EventLog(self.store, info.instance_id, self.clock)
+                self._stealing = StealingService(self.store, self._locks, info.instance_id, self.clock, self.events)
+                self._start_slot_gate(info)
+                self.store.write(INSTANCES, info.instance_id, info.to_json())  # raises: not registered, retry later
+                self._info = info
+            info = self._info
+            if heartbeat and (self._thread is None or not self._thread.is_alive()):
+                assert self.adjuster is not None
+                self.adjuster.start_recovery_timer()
+                self._stop.clear()
+                self._thread = threading.Thread(target=self._heartbeat_loop, name="pi-dash-heartbeat", daemon=True)
+                self._thread.start()
         return info
 
     def _start_slot_gate(self, info: InstanceInfo) -> None:

@@ -62,13 +62,16 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"pi-dash {__version__}")
     root_help = "coordination directory (default: $PI_RUNTIME_DIR, else ~/.pi/runtime)"
     redis_help = "watch a Redis-backed fleet instead (default: $PI_DASH_REDIS)"
+    foreign_help = "use a coordination directory that another user owns (refused by default)"
     parser.add_argument("--root", metavar="DIR", help=root_help)
+    parser.add_argument("--allow-foreign-root", action="store_true", help=foreign_help)
     parser.add_argument("--redis", metavar="URL", help=redis_help)
     theme_help = "colour theme by name: pi-dark, pi-light, pi-high-contrast or one of yours (remembered)"
     parser.add_argument("--theme", metavar="NAME", help=theme_help)
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     status = commands.add_parser("status", help="print the fleet's state once (a table, or JSON)")
     status.add_argument("--root", metavar="DIR", help=root_help, default=argparse.SUPPRESS)
+    status.add_argument("--allow-foreign-root", action="store_true", help=foreign_help, default=argparse.SUPPRESS)
     status.add_argument("--redis", metavar="URL", help=redis_help, default=argparse.SUPPRESS)
     status.add_argument("--json", action="store_true", help="machine-readable output")
     status.add_argument(
@@ -83,6 +86,7 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--theme", metavar="NAME", help=theme_help, default=argparse.SUPPRESS)
     shot = commands.add_parser("snapshot", help="render one frame of the dashboard to an SVG file, no terminal needed")
     shot.add_argument("--root", metavar="DIR", help=root_help, default=argparse.SUPPRESS)
+    shot.add_argument("--allow-foreign-root", action="store_true", help=foreign_help, default=argparse.SUPPRESS)
     shot.add_argument("--redis", metavar="URL", help=redis_help, default=argparse.SUPPRESS)
     shot.add_argument("-o", "--output", metavar="FILE.svg", required=True)
     shot.add_argument("--width", type=int, default=160)
@@ -92,6 +96,7 @@ def _parser() -> argparse.ArgumentParser:
     shot.add_argument("--theme", metavar="NAME", help="colour theme by name (not remembered)", default=argparse.SUPPRESS)
     limits = commands.add_parser("limits", help="each provider's rate limit, usage and 429 backoff")
     limits.add_argument("--root", metavar="DIR", help=root_help, default=argparse.SUPPRESS)
+    limits.add_argument("--allow-foreign-root", action="store_true", help=foreign_help, default=argparse.SUPPRESS)
     limits.add_argument("--redis", metavar="URL", help=redis_help, default=argparse.SUPPRESS)
     limits.add_argument("--provider", metavar="P", help="only this provider")
     limits.add_argument("--config", metavar="FILE", help="config.json (default: $PI_CONFIG, ./.pi/config.json, ~/.pi/config.json)")
@@ -106,7 +111,7 @@ def _store(args: argparse.Namespace) -> Store:
         from core.store.redis_store import RedisStore
 
         return RedisStore(url)
-    return DirectoryStore(default_root(args.root))
+    return DirectoryStore(default_root(args.root), allow_foreign_root=args.allow_foreign_root)
 
 
 def _theme(args: argparse.Namespace) -> str | None:
