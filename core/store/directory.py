@@ -257,7 +257,7 @@ class DirectoryStore(Store):
         except PermissionError as exc:
             raise StoreError(f"cannot create {path}: permission denied") from exc
         except OSError as exc:
-            raise StoreError(f"cannot create {path}: {exc.strerror}") from exc
+            raise StoreError(f"cannot create {path}: {_describe_open_error(exc)}") from exc
         self._made_dirs.add(path)
         self._check_owner()  # the root may have just been made: by us
 
@@ -317,17 +317,17 @@ class DirectoryStore(Store):
                 yield None
                 return
             except OSError as exc:
-                raise EntryUnreadable(key, _describe_open_error(exc)) from None
+                raise EntryUnreadable(key, f"cannot lock {path}: {_describe_open_error(exc)}") from None
             try:
                 st = os.fstat(fd)
                 if not stat.S_ISREG(st.st_mode):
-                    raise EntryUnreadable(key, "not a regular file")
+                    raise EntryUnreadable(key, f"cannot lock {path}: not a regular file")
                 _flock_within(fd, fcntl.LOCK_EX, deadline, path, self.guard_wait_s)
                 if _still_named(path, st):
                     yield fd
                     return
             except OSError as exc:
-                raise StoreError(f"cannot lock {path}: {exc.strerror}") from None
+                raise StoreError(f"cannot lock {path}: {_describe_open_error(exc)}") from None
             finally:
                 os.close(fd)  # releases the flock
             # replaced or removed while we waited: lock its successor
@@ -469,7 +469,7 @@ class DirectoryStore(Store):
         try:
             fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
         except OSError as exc:
-            raise StoreError(f"cannot write in {directory}: {exc.strerror}") from None
+            raise StoreError(f"cannot write in {directory}: {_describe_open_error(exc)}") from None
         try:
             _write_all(fd, data)
             if durable:
@@ -477,7 +477,7 @@ class DirectoryStore(Store):
         except OSError as exc:
             os.close(fd)
             _unlink_quietly(temp)
-            raise StoreError(f"cannot write {os.path.join(directory, filename)}: {exc.strerror}") from None
+            raise StoreError(f"cannot write {os.path.join(directory, filename)}: {_describe_open_error(exc)}") from None
         os.close(fd)
         return temp
 
@@ -495,7 +495,7 @@ class DirectoryStore(Store):
         except OSError as exc:
             if fd is None and exc.errno in _NO_HARD_LINKS:
                 return _create_exclusive(path, _read_staged(temp))
-            raise StoreError(f"cannot replace {path}: {exc.strerror}") from None
+            raise StoreError(f"cannot replace {path}: {_describe_open_error(exc)}") from None
         finally:
             _unlink_quietly(temp)
 
@@ -596,7 +596,7 @@ class DirectoryStore(Store):
                     finally:
                         fcntl.flock(fd, fcntl.LOCK_UN)
                 except OSError as exc:
-                    raise StoreError(f"cannot update {path}: {exc.strerror}") from None
+                    raise StoreError(f"cannot update {path}: {_describe_open_error(exc)}") from None
                 # Replaced or removed since we opened it: writes would go nowhere; reopen.
                 self._forget_in_place_fd(path)
 
@@ -840,7 +840,7 @@ def _create_exclusive(path: str, data: bytes) -> bool:
     except OSError as exc:
         os.close(fd)
         _unlink_quietly(path)
-        raise StoreError(f"cannot create {path}: {exc.strerror}") from None
+        raise StoreError(f"cannot create {path}: {_describe_open_error(exc)}") from None
     os.close(fd)
     return True
 

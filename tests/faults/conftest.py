@@ -6,11 +6,12 @@ from __future__ import annotations
 
 import json
 import os
+import pwd
 import shutil
 import subprocess
 import sys
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -146,3 +147,58 @@ def fill_to_last_byte(directory: Path) -> Path:
                 except OSError:
                     break
     return filler
+
+
+def nobody() -> tuple[int, int]:
+    require_root("another uid")
+    try:
+        entry = pwd.getpwnam("nobody")
+    except KeyError:
+        pytest.skip("there is no user 'nobody' to run as")
+    return entry.pw_uid, entry.pw_gid
+
+
+def as_user(uid: int, gid: int, body: Callable[[], Any]) -> dict[str, Any]:
+    """Run ``body`` in a forked child that switched to ``uid``/``gid`` (as ``runuser`` would:
+    the interpreter itself may live where that user cannot read it).  Returns
+    ``{"ok": value}``, or ``{"raised": type, "message": ..., "typed": bool}``."""
+    reader, writer = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: never return into pytest
+        status = 0
+        try:
+            os.close(reader)
+            os.setgroups([])
+            os.setgid(gid)
+            os.setuid(uid)
+            try:
+                result: dict[str, Any] = {"ok": body()}
+            except Exception as exc:  # noqa: BLE001 - reported to the parent, which judges it
+                from core.store import StoreError
+
+                result = {"raised": type(exc).__name__, "message": str(exc), "typed": isinstance(exc, StoreError)}
+            os.write(writer, json.dumps(result).encode())
+        except BaseException:  # noqa: BLE001
+            status = 1
+        finally:
+            os._exit(status)
+    os.close(writer)
+    with os.fdopen(reader, "rb") as pipe:
+        data = pipe.read()
+    _, status = os.waitpid(pid, 0)
+    assert status == 0 and data, f"the child as uid {uid} failed (status {status})"
+    return json.loads(data)
+
+
+@contextmanager
+def shared_tmp() -> Iterator[Path]:
+    """A directory every user can search (pytest's own tmp_path is root's alone)."""
+    where = Path(tempfile.mkdtemp(prefix="pi-dash-faults-", dir="/tmp"))
+    where.chmod(0o755)
+    try:
+        yield where
+    finally:
+        for path in where.rglob("*"):
+            if path.is_dir() and not path.is_symlink():
+                path.chmod(0o700)
+        shutil.rmtree(where, ignore_errors=True)
