@@ -179,6 +179,7 @@ class DirectoryStore(Store):
         self._thread_locks = [threading.Lock() for _ in range(THREAD_STRIPES)]
         self._made_dirs: set[str] = set()
         self._in_place_fds: dict[str, int] = {}
+        self._slots_written: dict[str, tuple[int, bytes]] = {}  # path -> our last (sequence, payload)
 
     def __repr__(self) -> str:
         return f"DirectoryStore({str(self.root)!r})"
@@ -602,7 +603,7 @@ class DirectoryStore(Store):
 
     def _rewrite_slot(self, fd: int, st: os.stat_result, path: str, updater: Updater) -> bytes | None:
         data = _read_whole(fd, st, path) if st.st_size else b""
-        found = twin_slots.newest(data) if twin_slots.is_slotted(data) else None
+        found = twin_slots.newest(data, self._slots_written.get(path)) if twin_slots.is_slotted(data) else None
         before = found[0] if found is not None else (data or None)
         after = updater(before)
         if after is None or after == before:
@@ -615,9 +616,13 @@ class DirectoryStore(Store):
             self._publish(temp, path, fd)  # our descriptor now names a removed file: reopened next time
             return after
         offset = (1 - found[2]) * (st.st_size // 2)  # the older slot; the newest stays intact
+        self._slots_written.pop(path, None)
         written = os.pwrite(fd, slot, offset)
         if written != len(slot):
             raise StoreError(f"cannot update {path}: {written} of {len(slot)} bytes written (disk full?)")
+        if len(self._slots_written) >= 256:
+            self._slots_written.pop(next(iter(self._slots_written)))
+        self._slots_written[path] = (sequence, after)
         return after
 
     def _in_place_fd(self, path: str) -> int | None:

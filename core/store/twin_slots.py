@@ -6,9 +6,9 @@ request.  Replacing its file costs a rename (~200 us on ext4, whose
 place costs ~2 us but may tear: a writer killed, or a disk that fills, between
 two system calls leaves new bytes over an old tail.  Two slots give both:
 
-* the file is two slots of equal size; each slot holds a header (magic, a
-  sequence number, the payload's length, a CRC-32 of all three and the
-  payload) followed by the payload;
+* the file is two slots of equal size; each slot holds a CRC-32, then the
+  magic, a sequence number and the payload's length, then the payload (the
+  CRC covers everything after it);
 * a writer writes the *other* slot than the newest intact one, in one
   ``pwrite``, with the next sequence number; the newest intact slot is never
   touched, so whatever happens to the write, the previous value survives;
@@ -26,7 +26,8 @@ import struct
 import zlib
 
 MAGIC = b"PDs1"
-HEADER = struct.Struct("<4sQII")  # magic, sequence, payload length, crc32
+CRC = struct.Struct("<I")
+HEADER = struct.Struct("<I4sQI")  # crc32 of the rest, magic, sequence, payload length
 MIN_SLOT_BYTES = 4096
 
 
@@ -38,8 +39,8 @@ def slot_bytes_for(length: int) -> int:
 
 def encode_slot(payload: bytes, sequence: int) -> bytes:
     """One slot's bytes: the header, then the payload."""
-    crc = zlib.crc32(payload, zlib.crc32(struct.pack("<QI", sequence, len(payload))))
-    return HEADER.pack(MAGIC, sequence, len(payload), crc) + payload
+    rest = MAGIC + struct.pack("<QI", sequence, len(payload))
+    return CRC.pack(zlib.crc32(payload, zlib.crc32(rest))) + rest + payload
 
 
 def new_file(payload: bytes, sequence: int = 1) -> bytes:
@@ -50,24 +51,33 @@ def new_file(payload: bytes, sequence: int = 1) -> bytes:
 
 def is_slotted(data: bytes) -> bool:
     """Two-slot layout (rather than an older plain JSON file)."""
-    return data[:4] == MAGIC or (len(data) >= 2 * MIN_SLOT_BYTES and data[len(data) // 2 : len(data) // 2 + 4] == MAGIC)
+    half = len(data) // 2
+    return data[4:8] == MAGIC or (len(data) >= 2 * MIN_SLOT_BYTES and data[half + 4 : half + 8] == MAGIC)
 
 
-def newest(data: bytes) -> tuple[bytes, int, int] | None:
-    """``(payload, sequence, slot index)`` of the newest intact slot, ``None`` if neither is."""
+def newest(data: bytes, known: tuple[int, bytes] | None = None) -> tuple[bytes, int, int] | None:
+    """``(payload, sequence, slot index)`` of the newest intact slot, ``None`` if neither is.
+
+    ``known``: a sequence number and the payload a writer put there itself; a slot
+    holding exactly those bytes needs no checksum (the hot path's common case)."""
     slot = len(data) // 2
-    best: tuple[bytes, int, int] | None = None
+    view = memoryview(data)
+    best: tuple[int, int, int, int] | None = None  # sequence, index, start, end
     for index in (0, 1):
         base = index * slot
         if base + HEADER.size > len(data):
             break
-        magic, sequence, length, crc = HEADER.unpack_from(data, base)
+        crc, magic, sequence, length = HEADER.unpack_from(data, base)
+        end = base + HEADER.size + length
+        if magic != MAGIC or end > base + slot or (best is not None and sequence <= best[0]):
+            continue
         start = base + HEADER.size
-        if magic != MAGIC or start + length > base + slot:
-            continue
-        payload = data[start : start + length]
-        if zlib.crc32(payload, zlib.crc32(struct.pack("<QI", sequence, length))) != crc:
-            continue
-        if best is None or sequence > best[1]:
-            best = (payload, sequence, index)
-    return best
+        if (known is not None and known[0] == sequence and view[start:end] == known[1]) or zlib.crc32(
+            view[base + CRC.size : end]
+        ) == crc:
+            best = (sequence, index, start, end)
+    if best is None:
+        return None
+    sequence, index, start, end = best
+    payload = known[1] if known is not None and known[0] == sequence and len(known[1]) == end - start else data[start:end]
+    return payload, sequence, index
