@@ -324,14 +324,19 @@ class DirectoryStore(Store):
                 if not stat.S_ISREG(st.st_mode):
                     raise EntryUnreadable(key, f"cannot lock {path}: not a regular file")
                 _flock_within(fd, fcntl.LOCK_EX, deadline, path, self.guard_wait_s)
-                if _still_named(path, st):
+                held = _still_named(path, st)
+            except BaseException as exc:
+                os.close(fd)
+                if isinstance(exc, OSError):
+                    raise StoreError(f"cannot lock {path}: {_describe_open_error(exc)}") from None
+                raise
+            if held:
+                try:
                     yield fd
-                    return
-            except OSError as exc:
-                raise StoreError(f"cannot lock {path}: {_describe_open_error(exc)}") from None
-            finally:
-                os.close(fd)  # releases the flock
-            # replaced or removed while we waited: lock its successor
+                finally:
+                    os.close(fd)  # releases the flock
+                return
+            os.close(fd)  # replaced or removed while we waited: lock its successor
 
     def _forget_descriptors_after_fork(self) -> None:
         if self._fd_pid != os.getpid():
@@ -483,22 +488,27 @@ class DirectoryStore(Store):
         return temp
 
     def _publish(self, temp: str, path: str, fd: int | None) -> bool:
-        """Put the staged ``temp`` under ``path``: over the file we hold locked (``fd``), or,
-        when there was none, only if there still is none (``False``: one appeared, retry)."""
+        """Put the staged ``temp`` under ``path`` (and be done with ``temp``): over the file we
+        hold locked (``fd``), or, when there was none, only if there still is none
+        (``False``: one appeared, retry)."""
         try:
             if fd is not None:
                 os.replace(temp, path)
                 return True
-            os.link(temp, path)
-            return True
-        except FileExistsError:
-            return False
+            try:
+                os.link(temp, path)
+                return True
+            except FileExistsError:
+                return False
+            except OSError as exc:
+                if exc.errno in _NO_HARD_LINKS:
+                    return _create_exclusive(path, _read_staged(temp))
+                raise
+            finally:
+                _unlink_quietly(temp)
         except OSError as exc:
-            if fd is None and exc.errno in _NO_HARD_LINKS:
-                return _create_exclusive(path, _read_staged(temp))
-            raise StoreError(f"cannot replace {path}: {_describe_open_error(exc)}") from None
-        finally:
             _unlink_quietly(temp)
+            raise StoreError(f"cannot replace {path}: {_describe_open_error(exc)}") from None
 
     def write(self, space: Space, key: str, data: bytes, *, durable: bool = True) -> None:
         if space.in_place:
@@ -511,14 +521,15 @@ class DirectoryStore(Store):
             temp = self._stage(directory, filename, data, durable)
             try:
                 with self._holding(path, key) as fd:
-                    if self._publish(temp, path, fd):
-                        return
+                    published = self._publish(temp, path, fd)
             except EntryUnreadable:
                 # Something not a file of ours holds the name (a symlink, a FIFO...): replace it.
-                if self._publish(temp, path, -1):
-                    return
-            finally:
+                published = self._publish(temp, path, -1)
+            except BaseException:
                 _unlink_quietly(temp)
+                raise
+            if published:
+                return
 
     def create(self, space: Space, key: str, data: bytes) -> bool:
         directory = self._dir(space)
@@ -764,8 +775,10 @@ def _make_private_dirs(path: str) -> None:
 
 def _flock_within(fd: int, operation: int, deadline: float, what: str, wait_s: float) -> None:
     """``flock``, waiting at most until ``deadline``: a holder stopped inside its guard
-    (Ctrl-Z, a debugger, a paused VM) must not stop everyone else with it."""
-    pause = 0.0001
+    (Ctrl-Z, a debugger, a paused VM) must not stop everyone else with it.  Linux has no
+    timed ``flock``, so it polls: briefly at first (a guard is held for microseconds), at
+    most a millisecond apart."""
+    pause = 0.00005
     while True:
         try:
             fcntl.flock(fd, operation | fcntl.LOCK_NB)
@@ -777,7 +790,7 @@ def _flock_within(fd: int, operation: int, deadline: float, what: str, wait_s: f
                     "nothing was changed, try again"
                 ) from None
             time.sleep(pause)
-            pause = min(pause * 2, 0.005)
+            pause = min(pause * 2, 0.001)
 
 
 def _still_named(path: str, st: os.stat_result) -> bool:

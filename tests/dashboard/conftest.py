@@ -278,7 +278,6 @@ def write_fleet(root: Path) -> None:
     emit(20_000, OFFLINE, "drain", f"{OFFLINE} drained and went offline")
     emit(8_000, D, "drain", f"{D} is draining (requested by {OPERATOR})")
     emit(5_000, G, "steal", f"{G} stole [bold red]x[/]\x1b[31m from {A}")
-    shutil.rmtree(root / "pi-dash" / "guards", ignore_errors=True)  # flock stripes, made on demand
 
 
 def freeze_mtimes(root: Path, now_ms: int = NOW) -> None:
