@@ -26,13 +26,23 @@ from .clock import SYSTEM_CLOCK, Clock, utc_from_ms
 from .events import EventLog
 from .parallelism import DynamicParallelismAdjuster, ParallelismChange, build_key
 from .ratelimit import RateLimitTimeout, SharedRateLimiter
+from .waits import WaitKind
 
 INSTANCE_COUNT_TTL_S = 1.0
 _NOT_ERRORS = (asyncio.CancelledError, KeyboardInterrupt, GeneratorExit, SystemExit)
 
 
 class SlotTimeout(TimeoutError):
-    """No slot could be had within the timeout given to ``llm_slot``."""
+    """No slot could be had within the timeout given to ``llm_slot``.
+
+    ``waited_on`` says which gate it was still waiting at (a :class:`WaitKind`:
+    the shared 429 backoff, the parallelism cap or the rate limiter), and the
+    message gives that gate's figures.
+    """
+
+    def __init__(self, message: str, waited_on: WaitKind) -> None:
+        super().__init__(message)
+        self.waited_on = waited_on
 
 
 @dataclass(slots=True)
@@ -143,27 +153,39 @@ class SlotGate:
             self._counted[key] = (now, count)
             self.adjuster.apply_cross_instance_limits(provider, model, count)
 
-    @staticmethod
-    def _remaining(deadline: float | None) -> float | None:
+    def _remaining(self, deadline: float | None, gate: WaitKind, provider: str, model: str) -> float | None:
         if deadline is None:
             return None
         left = deadline - time.monotonic()
         if left <= 0:
-            raise SlotTimeout("no LLM slot within the timeout")
+            raise self._timeout(gate, provider, model)
         return left
+
+    def _timeout(self, gate: WaitKind, provider: str, model: str, detail: str = "") -> SlotTimeout:
+        """The timeout, naming the gate it was held at and that gate's figures."""
+        key = build_key(provider, model)
+        if gate is WaitKind.BACKOFF:
+            shared = self.board.current(provider, model)
+            left = shared.wait_ms(self.clock.now_ms()) if shared else 0
+            detail = f"the fleet's 429 backoff of {key} has {left / 1000:.1f} s left"
+        elif gate is WaitKind.PARALLELISM:
+            health = self.adjuster.get_health(provider, model)
+            effective = self.adjuster.get_parallelism(provider, model)
+            detail = f"{health.active_requests} of {effective} requests of {key} in flight"
+        return SlotTimeout(f"no LLM slot for {key} within the timeout: waited on {gate.value}" + (f" ({detail})" if detail else ""), gate)
 
     def _enter(self, provider: str, model: str, timeout: float | None) -> float:
         deadline = None if timeout is None else time.monotonic() + timeout
         began = time.monotonic()
         self._prepare(provider, model)
         while (wait := self._sync_shared_backoff(provider, model)) > 0:
-            left = self._remaining(deadline)
+            left = self._remaining(deadline, WaitKind.BACKOFF, provider, model)
             time.sleep(wait if left is None else min(wait, left))
         with self.adjuster.changed:
             while not self.adjuster.try_start(provider, model):
-                self.adjuster.changed.wait(self._remaining(deadline))
+                self.adjuster.changed.wait(self._remaining(deadline, WaitKind.PARALLELISM, provider, model))
         with self._slot_back_on_failure(provider, model):
-            self.limiter.acquire(provider, model, self._remaining(deadline))
+            self.limiter.acquire(provider, model, self._remaining(deadline, WaitKind.RATE_LIMIT, provider, model))
         return (time.monotonic() - began) * 1000
 
     async def _enter_async(self, provider: str, model: str, timeout: float | None) -> float:
@@ -171,7 +193,7 @@ class SlotGate:
         began = time.monotonic()
         self._prepare(provider, model)
         while (wait := self._sync_shared_backoff(provider, model)) > 0:
-            left = self._remaining(deadline)
+            left = self._remaining(deadline, WaitKind.BACKOFF, provider, model)
             await asyncio.sleep(wait if left is None else min(wait, left))
         loop = asyncio.get_running_loop()
         while not self.adjuster.try_start(provider, model):
@@ -184,13 +206,15 @@ class SlotGate:
             try:
                 if self.adjuster.try_start(provider, model):
                     break
-                await asyncio.wait_for(freed, self._remaining(deadline))
+                await asyncio.wait_for(freed, self._remaining(deadline, WaitKind.PARALLELISM, provider, model))
+            except SlotTimeout:
+                raise
             except TimeoutError:
-                raise SlotTimeout("no LLM slot within the timeout") from None
+                raise self._timeout(WaitKind.PARALLELISM, provider, model) from None
             finally:
                 remove()
         with self._slot_back_on_failure(provider, model):
-            await self.limiter.acquire_async(provider, model, self._remaining(deadline))
+            await self.limiter.acquire_async(provider, model, self._remaining(deadline, WaitKind.RATE_LIMIT, provider, model))
         return (time.monotonic() - began) * 1000
 
     @contextmanager
@@ -198,9 +222,12 @@ class SlotGate:
         """Waiting for a rate token holds a parallelism slot: give it back if the wait fails."""
         try:
             yield
-        except (RateLimitTimeout, SlotTimeout) as exc:
+        except SlotTimeout:
             self.adjuster.request_completed(provider, model)
-            raise SlotTimeout(str(exc)) from None
+            raise
+        except RateLimitTimeout as exc:
+            self.adjuster.request_completed(provider, model)
+            raise self._timeout(WaitKind.RATE_LIMIT, provider, model, str(exc)) from None
         except BaseException:
             self.adjuster.request_completed(provider, model)
             raise

@@ -37,7 +37,7 @@ from .models import (
 )
 from .procs import Liveness, LivenessCache
 from .semantics import uses_model
-from .stealing import claim_pair
+from .stealing import claim_pair, steal_resource
 from .store import (
     BACKOFF,
     CLAIMS,
@@ -54,6 +54,7 @@ from .store import (
     Store,
     StoreError,
 )
+from .waits import InstanceWaits, instance_waits
 
 EVENTS_KEPT = 200
 BACKOFF_WINDOW_MS = 300_000
@@ -271,6 +272,7 @@ class FleetSnapshot:
     event_count: int = 0  # events this builder has read in all: tells a viewer how many are new
     controls: tuple[ControlView, ...] = ()
     notice: str | None = None  # the store looks like no fleet's (a wrong --root): said in the header
+    waits: Mapping[str, InstanceWaits] = field(default_factory=dict)  # per counted instance id
 
     def instance(self, instance_id: str) -> InstanceView | None:
         return next((i for i in self.instances if i.instance_id == instance_id), None)
@@ -284,6 +286,18 @@ class FleetSnapshot:
         )
         matching = semantics.pi_instances_for_model(alive, provider, model)
         return matching, semantics.model_parallel_limit(self.figures.parallel_limit, matching)
+
+    def find_instances(self, query: str) -> list[InstanceView]:
+        """Instances a person named: by exact id, else by name (``PI_INSTANCE_ID``), else by id prefix."""
+        for match in (
+            lambda v: v.instance_id == query,
+            lambda v: v.info is not None and v.info.instance_name == query,
+            lambda v: v.instance_id.startswith(query),
+        ):
+            found = [v for v in self.instances if match(v)]
+            if found:
+                return found
+        return []
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready description (camelCase records as on disk, snake_case figures)."""
@@ -327,6 +341,9 @@ class FleetSnapshot:
                     ],
                     "stealingStats": _stats_dict(i),
                     "info": i.info.model_dump(mode="json", by_alias=True) if i.info else None,
+                    # null for an instance that is not running; recordsWaits false for pi's own
+                    "recordsWaits": w.records_waits if (w := self.waits.get(i.instance_id)) else None,
+                    "waits": [r.to_dict() for r in w.reasons] if w else None,
                 }
                 for i in self.instances
             ],
@@ -640,9 +657,6 @@ class SnapshotBuilder:
     def _rate_limit_views(self, now: int) -> tuple[RateLimitView, ...]:
         views = []
         for state in self._caches[RATE_LIMITS].records():
-            pool = state.buckets.get("pool")
-            # The next free slot is the bucket's arrival time less its burst tolerance.
-            tolerance = (state.burst - 1) * 60_000 / max(state.effective_requests_per_minute, 1e-9)
             views.append(
                 RateLimitView(
                     state.provider,
@@ -650,11 +664,27 @@ class SnapshotBuilder:
                     state.burst,
                     state.effective_requests_per_minute,
                     state.used_last_minute(now),
-                    max(0.0, pool.tat - tolerance - now) if pool else 0.0,
+                    state.next_slot_ms(now),
                     state.last429_at,
                 )
             )
         return tuple(views)
+
+    def _waits(self, now: int, views: list[InstanceView], locks: list[LockView]) -> dict[str, InstanceWaits]:
+        """Why each counted instance waits (:mod:`core.waits`)."""
+        backoffs = {f"{b.provider}:{b.model}": b for b in self._caches[BACKOFF].records()}
+        rates = {r.provider: r for r in self._caches[RATE_LIMITS].records()}
+        locks_on: dict[str, list[DistributedLock]] = {}
+        for view in locks:
+            if view.lock is not None and view.lock.resource.startswith("steal:"):
+                locks_on.setdefault(view.lock.resource, []).append(view.lock)
+        return {
+            v.instance_id: instance_waits(
+                v.info, v.parallelism, backoffs, rates, locks_on.get(steal_resource(v.instance_id), ()), now
+            )
+            for v in views
+            if v.counted and v.info is not None
+        }
 
     @staticmethod
     def _instance_model_limits(
@@ -920,6 +950,7 @@ class SnapshotBuilder:
                 Problem("corrupt", "pi-dash/events", f"{self._unreadable_events} unreadable event line(s) skipped")
             )
         return FleetSnapshot(
+            waits=self._waits(now, views, lock_views),
             controls=control_views,
             parallelism=tuple(parallelism_views),
             backoffs=self._backoff_views(now, alive_records),

@@ -101,6 +101,10 @@ def _parser() -> argparse.ArgumentParser:
     limits.add_argument("--provider", metavar="P", help="only this provider")
     limits.add_argument("--config", metavar="FILE", help="config.json (default: $PI_CONFIG, ./.pi/config.json, ~/.pi/config.json)")
     limits.add_argument("--json", action="store_true", help="machine-readable output")
+    why = commands.add_parser("why", help="what holds an instance's work back right now, in one paragraph")
+    why.add_argument("instance", metavar="INSTANCE", help="instance id, name (PI_INSTANCE_ID) or a prefix of the id")
+    why.add_argument("--root", metavar="DIR", help=root_help, default=argparse.SUPPRESS)
+    why.add_argument("--redis", metavar="URL", help=redis_help, default=argparse.SUPPRESS)
     return parser
 
 
@@ -164,6 +168,17 @@ def cmd_status(args: argparse.Namespace) -> int:
     else:
         print(render(snapshot, width=shutil.get_terminal_size((100, 24)).columns))
     return 0
+
+
+def cmd_why(args: argparse.Namespace) -> int:
+    from .why import why
+
+    snapshot = _snapshot(args)
+    if snapshot is None:
+        return EXIT_UNAVAILABLE
+    code, text = why(snapshot, args.instance)
+    print(text, file=sys.stdout if code == 0 else sys.stderr)
+    return code
 
 
 class _DemoLauncher:
@@ -259,6 +274,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return cmd_status(args)
         if args.command == "snapshot":
             return cmd_snapshot(args)
+        if args.command == "why":
+            return cmd_why(args)
         return cmd_dashboard(args, demo_now=args.command == "demo")
     except (UsageError, StoreError) as exc:
         print(f"pi-dash: {exc}", file=sys.stderr)

@@ -135,6 +135,15 @@ class ProviderRateState(Record):
         horizon = now_ms // 1000 - 60
         return sum(n for second, n in self.grants_per_second.items() if int(second) > horizon)
 
+    def next_slot_ms(self, now_ms: float) -> float:
+        """How far ahead the shared pool's next free slot is (0: a request may start now):
+        the pool's theoretical arrival time less its burst tolerance."""
+        pool = self.buckets.get("pool")
+        if pool is None:
+            return 0.0
+        tolerance = (self.burst - 1) * 60_000 / max(self.effective_requests_per_minute, 1e-9)
+        return max(0.0, pool.tat - tolerance - now_ms)
+
 
 class FleetEvent(Record):
     """One line of the fleet's event log (``pi-dash/events.jsonl``)."""

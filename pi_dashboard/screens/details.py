@@ -64,6 +64,18 @@ def describe(view: InstanceView, snapshot: FleetSnapshot) -> list[Static]:
     if view.problem:
         rows.append(("problem", view.problem))
     parts.append(Static(_pairs(rows)))
+    waits = snapshot.waits.get(view.instance_id)
+    if waits is not None:
+        if waits.reasons:
+            held = Table("waits on", "ends in", "why", title="held back by", title_justify="left")
+            ordered = [waits.dominant, *(r for r in waits.reasons if r is not waits.dominant)]
+            for reason in ordered:
+                ends = duration(reason.ends_in_ms) if reason.ends_in_ms is not None else "-"
+                held.add_row(reason.kind.value, ends, Text(printable(reason.text)))
+            parts.append(Static(held))
+        else:
+            note = "not held back" if waits.records_waits else "records nothing of why it waits (pi's own instance)"
+            parts.append(Static(_pairs([("waits", note)])))
     if view.queue is not None:
         queue = Table("entry", "tool", "priority", "enqueued", title="stealable entries", title_justify="left")
         for entry in view.queue.stealable_entries[:50]:

@@ -1,4 +1,4 @@
-"""Instances: id, pid, status, whether it claims stolen work, heartbeat age, pending, limit, latency, models, cwd."""
+"""Instances: id, pid, status, whether it claims stolen work, heartbeat age, pending, limit, what it waits on, latency, models, cwd."""
 
 from __future__ import annotations
 
@@ -20,6 +20,7 @@ class InstancesTable(KeyedTable):
         Column("beat", "Beat", "right"),
         Column("pending", "Pend", "right"),
         Column("limit", "Lim", "right"),
+        ("wait", "Wait"),
         Column("latency", "Lat", "right"),
         ("models", "Models"),
         ("cwd", "Cwd"),
@@ -61,7 +62,7 @@ class InstancesTable(KeyedTable):
                 self.sort_index = index
                 self.apply_sort()
 
-    def _row(self, view: InstanceView, unanswered: set[str]) -> Row:
+    def _row(self, view: InstanceView, unanswered: set[str], wait: str) -> Row:
         info = view.info
         status = view.status.value + (" (no ack)" if view.instance_id in unanswered else "")
         models = ", ".join(f"{m.provider}/{m.model}" for m in info.active_models) if info else ""
@@ -75,6 +76,7 @@ class InstancesTable(KeyedTable):
             Cell(duration(age, whole_seconds=True), (age // 1000) if age is not None else -1),
             Cell(str(view.pending) if info else "", view.pending),
             Cell(str(view.parallel_limit) if view.parallel_limit is not None else ""),
+            Cell(wait),
             Cell(latency),
             Cell(printable(models)),
             Cell(printable(info.cwd) if info else printable(view.problem or "")),
@@ -86,8 +88,10 @@ class InstancesTable(KeyedTable):
         rows = {}
         for view in snapshot.instances:
             age_s = view.heartbeat_age_ms // 1000 if view.heartbeat_age_ms is not None else None
-            source = (view.info, view.status, age_s, view.parallel_limit, view.problem, view.instance_id in unanswered)
-            row = self.row_for(view.key, source, lambda: self._row(view, unanswered))
+            waits = snapshot.waits.get(view.instance_id)
+            wait = waits.cell if waits is not None else ""
+            source = (view.info, view.status, age_s, view.parallel_limit, view.problem, view.instance_id in unanswered, wait)
+            row = self.row_for(view.key, source, lambda: self._row(view, unanswered, wait))
             if needle and not any(needle in cell.plain.lower() for cell in row):
                 continue
             rows[view.key] = row
