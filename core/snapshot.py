@@ -516,6 +516,7 @@ class SnapshotBuilder:
         self._strays: list[Problem] = []
         self._notice: str | None = None
         self._last_index: _Index | None = None
+        self._quiet_waits: dict[str, InstanceWaits] = {}
         self._alive_memo: tuple[tuple[int, int, int], _AliveFigures] | None = None
         self._orders: dict[Space, list[str]] = {}
         self._caches: dict[Space, RecordCache[Any]] = {
@@ -671,20 +672,35 @@ class SnapshotBuilder:
         return tuple(views)
 
     def _waits(self, now: int, views: list[InstanceView], locks: list[LockView]) -> dict[str, InstanceWaits]:
-        """Why each counted instance waits (:mod:`core.waits`)."""
+        """Why each counted instance waits (:mod:`core.waits`).
+
+        Most instances of a large fleet have nothing to say (pi's own, no lock on
+        their queue): one unchanging value each, made once, not on every build.
+        """
         backoffs = {f"{b.provider}:{b.model}": b for b in self._caches[BACKOFF].records()}
         rates = {r.provider: r for r in self._caches[RATE_LIMITS].records()}
         locks_on: dict[str, list[DistributedLock]] = {}
         for view in locks:
             if view.lock is not None and view.lock.resource.startswith("steal:"):
                 locks_on.setdefault(view.lock.resource, []).append(view.lock)
-        return {
-            v.instance_id: instance_waits(
-                v.info, v.parallelism, backoffs, rates, locks_on.get(steal_resource(v.instance_id), ()), now
-            )
-            for v in views
-            if v.counted and v.info is not None
-        }
+        quiet = self._quiet_waits
+        if len(quiet) > 2 * len(views) + 100:
+            quiet.clear()
+        waits = {}
+        for view in views:
+            info = view.info
+            if not view.counted or info is None:
+                continue
+            instance_id = info.instance_id
+            on = locks_on.get(steal_resource(instance_id), ()) if locks_on else ()
+            if view.parallelism is None and info.draining_since is None and not on:
+                found = quiet.get(instance_id)
+                if found is None:
+                    found = quiet[instance_id] = InstanceWaits(instance_id, False)
+            else:
+                found = instance_waits(info, view.parallelism, backoffs, rates, on, now)
+            waits[instance_id] = found
+        return waits
 
     @staticmethod
     def _instance_model_limits(

@@ -9,6 +9,7 @@ import shutil
 import signal
 import sys
 import tempfile
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, NoReturn
@@ -105,6 +106,10 @@ def _parser() -> argparse.ArgumentParser:
     why.add_argument("instance", metavar="INSTANCE", help="instance id, name (PI_INSTANCE_ID) or a prefix of the id")
     why.add_argument("--root", metavar="DIR", help=root_help, default=argparse.SUPPRESS)
     why.add_argument("--redis", metavar="URL", help=redis_help, default=argparse.SUPPRESS)
+    metrics = commands.add_parser("metrics", help="serve the fleet's metrics for Prometheus at /metrics")
+    metrics.add_argument("--listen", metavar="HOST:PORT", required=True, help="address to serve on (port 0: any free one)")
+    metrics.add_argument("--root", metavar="DIR", help=root_help, default=argparse.SUPPRESS)
+    metrics.add_argument("--redis", metavar="URL", help=redis_help, default=argparse.SUPPRESS)
     return parser
 
 
@@ -179,6 +184,48 @@ def cmd_why(args: argparse.Namespace) -> int:
     code, text = why(snapshot, args.instance)
     print(text, file=sys.stdout if code == 0 else sys.stderr)
     return code
+
+
+def _until_terminated() -> None:
+    """Block until SIGTERM or SIGINT (a service's clean stop)."""
+    stop = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stop.set())
+    while not stop.wait(1.0):
+        pass
+
+
+def cmd_metrics(args: argparse.Namespace) -> int:
+    from prometheus_client import CollectorRegistry, start_http_server
+
+    from .metrics import FleetCollector, SnapshotOnDemand, parse_listen
+
+    try:
+        host, port = parse_listen(args.listen)
+        store = _store(args)
+        builder = SnapshotBuilder(store)
+        builder.build()  # a fleet that cannot be read at all is an error now, not at the first scrape
+    except ValueError as exc:
+        print(f"pi-dash: {exc}", file=sys.stderr)
+        return EXIT_UNAVAILABLE
+    except StoreError as exc:
+        print(f"pi-dash: cannot read the fleet: {exc}", file=sys.stderr)
+        return EXIT_UNAVAILABLE
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(FleetCollector(SnapshotOnDemand(builder)))
+    try:
+        server, thread = start_http_server(port, addr=host, registry=registry)
+    except OSError as exc:
+        print(f"pi-dash: cannot listen on {args.listen}: {exc.strerror or exc}", file=sys.stderr)
+        return EXIT_UNAVAILABLE
+    bound_host, bound_port = server.server_address[:2]
+    shown = f"[{bound_host}]" if ":" in bound_host else bound_host
+    print(f"serving http://{shown}:{bound_port}/metrics for {store.describe()}", flush=True)
+    _until_terminated()
+    server.shutdown()
+    server.server_close()
+    thread.join(5)
+    return 0
 
 
 class _DemoLauncher:
@@ -276,6 +323,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return cmd_snapshot(args)
         if args.command == "why":
             return cmd_why(args)
+        if args.command == "metrics":
+            return cmd_metrics(args)
         return cmd_dashboard(args, demo_now=args.command == "demo")
     except (UsageError, StoreError) as exc:
         print(f"pi-dash: {exc}", file=sys.stderr)
