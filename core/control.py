@@ -5,13 +5,16 @@ instance's files.  The dashboard calls these; it never touches files itself.
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Concatenate, ParamSpec
 
 from .clock import SYSTEM_CLOCK, Clock
 from .events import EventLog
 from .locks import LockRelease, LockService
 from .models import ControlRequest, CorruptRecord, DistributedLock
-from .store import CONTROL, INSTANCES, PARALLELISM, QUEUES, EntryUnreadable, Store, read_record
+from .store import CONTROL, INSTANCES, PARALLELISM, QUEUES, EntryUnreadable, ReadOnlyStore, Store, read_record
 
 # An instance that has not acknowledged a drain within this many heartbeat
 # intervals does not understand it (pi's own instances, for one).
@@ -24,6 +27,24 @@ class ActionResult:
     message: str
 
 
+P = ParamSpec("P")
+
+
+def _refused_when_read_only(
+    action: Callable[Concatenate[FleetControl, P], ActionResult],
+) -> Callable[Concatenate[FleetControl, P], ActionResult]:
+    """On a read-only store the action is refused before anything is written, and says so."""
+
+    @functools.wraps(action)
+    def guarded(self: FleetControl, *args: P.args, **kwargs: P.kwargs) -> ActionResult:
+        try:
+            return action(self, *args, **kwargs)
+        except ReadOnlyStore as exc:
+            return ActionResult(False, str(exc))
+
+    return guarded
+
+
 class FleetControl:
     """What an operator may do to a fleet, on behalf of ``actor`` (e.g. ``pi-dash@host``)."""
 
@@ -33,6 +54,7 @@ class FleetControl:
         self.clock = clock
         self.events = EventLog(store, actor, clock)
 
+    @_refused_when_read_only
     def request_drain(self, instance_id: str) -> ActionResult:
         """Ask an instance to finish its current work, take and steal none, then go offline."""
         request = ControlRequest(
@@ -43,6 +65,7 @@ class FleetControl:
         self.events.emit("drain", f"drain requested for {instance_id}")
         return ActionResult(True, f"drain requested for {instance_id}")
 
+    @_refused_when_read_only
     def release_lock(self, lock: DistributedLock) -> ActionResult:
         """Release ``lock`` only if it is still exactly that lock (same ``lockId``)."""
         result: LockRelease = LockService(self.store, self.actor, self.clock).release_if_current(lock)
@@ -51,6 +74,7 @@ class FleetControl:
             return ActionResult(True, f"released {lock.resource}")
         return ActionResult(False, f"{lock.resource} not released: {result.reason}")
 
+    @_refused_when_read_only
     def remove_instance_files(self, key: str, seen: bytes) -> ActionResult:
         """Remove a dead instance's files, only if its instance file still holds ``seen``.
 

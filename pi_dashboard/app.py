@@ -14,7 +14,6 @@ from collections.abc import Callable, Iterable
 from rich.text import Text
 from textual import events, on
 from textual.app import App, ComposeResult
-from textual.binding import Binding
 from textual.command import DiscoveryHit, Hit, Hits, Provider
 from textual.containers import Container
 from textual.message import Message
@@ -26,6 +25,7 @@ from core.control import FleetControl
 from core.snapshot import FleetSnapshot, InstanceView, Status
 from core.store import Store
 
+from .actions import FLEET_CHANGING, SECONDARY_PANES, bindings, offered
 from .prefs import load_prefs, save_prefs
 from .screens.confirm import ConfirmScreen
 from .screens.details import DetailsScreen
@@ -43,16 +43,6 @@ from .widgets.problems_panel import ProblemsPanel
 from .widgets.queue_chart import QueueChart
 from .widgets.steal_stats import StealStats
 
-# (id, title) of the panes below the instances, in the order keys 1..7 pick them.
-SECONDARY_PANES = (
-    ("parallelism", "Parallelism"),
-    ("backoff", "429 backoff"),
-    ("queues", "Queues"),
-    ("stealing", "Stealing"),
-    ("locks", "Locks"),
-    ("events", "Events"),
-    ("problems", "Problems"),
-)
 COMPACT_WIDTH = 120
 COMPACT_HEIGHT = 34
 DEFAULT_THEME = "pi-dark"
@@ -68,16 +58,9 @@ class DashCommands(Provider):
     def _commands(self) -> Iterable[tuple[str, Callable[[], object], str]]:
         app = self.app
         assert isinstance(app, PiDashApp)
-        yield "Drain the selected instance", app.action_drain, "finish its work, then go offline"
-        yield "Remove the selected dead instance's files", app.action_remove, "dead or corrupt instances only"
-        yield "Release the selected lock", app.action_release_lock, "in the locks pane"
-        yield "Pause or resume updates", app.action_toggle_pause, "freeze the screen"
-        yield "Cycle the instances' sort order", app.action_cycle_sort, "id, status, pending, age, cwd"
-        yield "Next theme", app.action_next_theme, "dark, light, high contrast, yours"
-        yield "Filter instances", app.action_filter, "by id, cwd, model or status"
-        yield "Show instance details", app.action_details, "everything about the selected instance"
-        for number, (pane, title) in enumerate(SECONDARY_PANES, start=1):
-            yield f"Show pane: {title}", (lambda n=number: app.action_show_pane(n)), f"key {number}"
+        for entry in offered(app.read_only):
+            if entry.palette is not None and entry.action is not None:
+                yield entry.palette, (lambda action=entry.action: app.run_action(action)), entry.description
 
     async def discover(self) -> Hits:
         for name, action, help_text in self._commands():
@@ -95,21 +78,7 @@ class PiDashApp(App[None]):
     CSS_PATH = "pi_dash.tcss"
     TITLE = "pi-dash"
     COMMANDS = App.COMMANDS | {DashCommands}
-    BINDINGS = [
-        Binding("q", "quit", "Quit"),
-        Binding("question_mark", "help", "Help"),
-        Binding("enter", "details", "Details", show=False),
-        Binding("d", "drain", "Drain"),
-        Binding("r", "release_lock", "Release lock"),
-        Binding("x", "remove", "Remove dead", show=False),
-        Binding("p", "toggle_pause", "Pause"),
-        Binding("s", "cycle_sort", "Sort"),
-        Binding("slash", "filter", "Filter"),
-        Binding("t", "next_theme", "Theme"),
-        Binding("D", "start_demo", "Demo", show=False),
-        Binding("escape", "clear_filter", show=False),
-        *[Binding(str(n), f"show_pane({n})", show=False) for n in range(1, len(SECONDARY_PANES) + 1)],
-    ]
+    BINDINGS = bindings()
 
     paused: reactive[bool] = reactive(False)
 
@@ -144,6 +113,15 @@ class PiDashApp(App[None]):
         self.prefs = load_prefs()
         self._asked_theme = theme
         self._remember = remember
+
+    @property
+    def read_only(self) -> bool:
+        """The store refuses writes (``--read-only``): actions that change the fleet are not offered."""
+        return self.store.read_only
+
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        """Hidden from the footer and never run in read-only mode; the store would refuse them anyway."""
+        return not (self.read_only and action in FLEET_CHANGING)
 
     def _connect(self, store: Store) -> None:
         self.store = store
@@ -284,7 +262,7 @@ class PiDashApp(App[None]):
 
     # ------------------------------------------------------------- actions
     def action_help(self) -> None:
-        self.push_screen(HelpScreen())
+        self.push_screen(HelpScreen(offered(self.read_only), read_only=self.read_only))
 
     def action_details(self) -> None:
         view = self._selected_instance()

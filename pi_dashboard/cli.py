@@ -52,6 +52,7 @@ def _positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
     return value
+ENV_READ_ONLY = "PI_DASH_READ_ONLY"
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -69,6 +70,12 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--redis", metavar="URL", help=redis_help)
     theme_help = "colour theme by name: pi-dark, pi-light, pi-high-contrast or one of yours (remembered)"
     parser.add_argument("--theme", metavar="NAME", help=theme_help)
+    parser.add_argument(
+        "--read-only",
+        action="store_true",
+        help=f"look, never touch: no drain, release or removal is offered, and the fleet is opened so that "
+        f"nothing can be written (also ${ENV_READ_ONLY}=1; status, limits, why, metrics and watch always are)",
+    )
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     status = commands.add_parser("status", help="print the fleet's state once (a table, or JSON)")
     status.add_argument("--root", metavar="DIR", help=root_help, default=argparse.SUPPRESS)
@@ -113,14 +120,22 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _store(args: argparse.Namespace) -> Store:
-    """The fleet to look at: ``--redis`` / ``$PI_DASH_REDIS``, else the directory."""
+def _read_only(args: argparse.Namespace) -> bool:
+    """``--read-only``, or ``$PI_DASH_READ_ONLY`` set to 1 / true / yes."""
+    return bool(getattr(args, "read_only", False)) or os.environ.get(ENV_READ_ONLY, "").strip().lower() in ("1", "true", "yes")
+
+
+def _store(args: argparse.Namespace, read_only: bool = True) -> Store:
+    """The fleet to look at: ``--redis`` / ``$PI_DASH_REDIS``, else the directory.
+
+    Read-only unless the caller may act on the fleet (the dashboard, without ``--read-only``).
+    """
     url = redis_url(args.redis)
     if url:
         from core.store.redis_store import RedisStore
 
-        return RedisStore(url)
-    return DirectoryStore(default_root(args.root), allow_foreign_root=args.allow_foreign_root)
+        return RedisStore(url, read_only=read_only)
+    return DirectoryStore(default_root(args.root), allow_foreign_root=args.allow_foreign_root, read_only=read_only)
 
 
 def _theme(args: argparse.Namespace) -> str | None:
@@ -231,8 +246,9 @@ def cmd_metrics(args: argparse.Namespace) -> int:
 class _DemoLauncher:
     """Starts the demo fleet on request (key D, or ``pi-dash demo``) and cleans up after it."""
 
-    def __init__(self, workers: int = 6) -> None:
+    def __init__(self, workers: int = 6, read_only: bool = False) -> None:
         self.workers = workers
+        self.read_only = read_only
         self.fleet: DemoFleet | None = None
         self.directory: tempfile.TemporaryDirectory[str] | None = None
 
@@ -244,7 +260,7 @@ class _DemoLauncher:
         root = Path(self.directory.name) / "runtime"
         self.fleet = DemoFleet(root, workers=self.workers)
         self.fleet.start()
-        return DirectoryStore(root)
+        return DirectoryStore(root, read_only=self.read_only)
 
     def stop(self) -> None:
         if self.fleet is not None:
@@ -259,9 +275,10 @@ def cmd_dashboard(args: argparse.Namespace, demo_now: bool = False) -> int:
     from .app import PiDashApp
 
     theme = _theme(args)
-    launcher = _DemoLauncher(getattr(args, "workers", 6))
+    read_only = _read_only(args)
+    launcher = _DemoLauncher(getattr(args, "workers", 6), read_only)
     try:
-        store = launcher() if demo_now else _store(args)
+        store = launcher() if demo_now else _store(args, read_only)
         app = PiDashApp(store, start_demo=launcher, theme=theme, remember=True)
 
         def hang_up(signum: int, frame: object) -> None:
@@ -282,6 +299,7 @@ def cmd_dashboard(args: argparse.Namespace, demo_now: bool = False) -> int:
 def cmd_snapshot(args: argparse.Namespace) -> int:
     from .app import PiDashApp
 
+    read_only = _read_only(args)
     output = Path(args.output)
     folder = output.parent
     if not folder.is_dir():
@@ -289,10 +307,10 @@ def cmd_snapshot(args: argparse.Namespace) -> int:
     if not os.access(folder, os.W_OK):
         raise UsageError(f"cannot write {output}: {folder} is not writable")
     theme = _theme(args)
-    launcher = _DemoLauncher()
+    launcher = _DemoLauncher(read_only=read_only)
     written: list[str] = []
     try:
-        store = launcher() if args.demo else _store(args)
+        store = launcher() if args.demo else _store(args, read_only)
         app = PiDashApp(store, live=args.after > 0, theme=theme)
 
         async def capture(pilot: Pilot[None]) -> None:

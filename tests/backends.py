@@ -12,15 +12,15 @@ BACKENDS = ("directory", "redis")
 StoreSpec = tuple[str, ...]
 
 
-def open_store(spec: StoreSpec) -> Store:
+def open_store(spec: StoreSpec, read_only: bool = False) -> Store:
     kind, *where = spec
     if kind == "directory":
-        return DirectoryStore(where[0])
+        return DirectoryStore(where[0], read_only=read_only)
     if kind == "redis":
         from core.store.redis_store import RedisStore
 
         url, prefix = where
-        return RedisStore(url, prefix=prefix)
+        return RedisStore(url, prefix=prefix, read_only=read_only)
     raise ValueError(f"unknown store backend {kind!r}")
 
 

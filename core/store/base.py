@@ -107,13 +107,29 @@ class EntryUnreadable(StoreError):
         self.reason = reason
 
 
+class ReadOnlyStore(StoreError):
+    """A write to a store opened read-only (``pi-dash --read-only``): refused, nothing written."""
+
+
 class InvalidKey(StoreError, ValueError):
     """A key that cannot name an entry in this store.  The backends here accept every
     key (the directory backend gives bounded names to those no file could have)."""
 
 
 class Store(ABC):
-    """Atomic blob storage shared by every process of a fleet."""
+    """Atomic blob storage shared by every process of a fleet.
+
+    A store opened with ``read_only=True`` refuses every write with
+    :class:`ReadOnlyStore` before touching anything: each backend's mutating
+    methods start with :meth:`_writable`, so a viewer cannot change the fleet
+    even by mistake.
+    """
+
+    read_only: bool = False
+
+    def _writable(self, operation: str) -> None:
+        if self.read_only:
+            raise ReadOnlyStore(f"{self.describe()} is open read-only: {operation} refused")
 
     @abstractmethod
     def describe(self) -> str:

@@ -167,8 +167,14 @@ class DirectoryStore(Store):
     """A :class:`Store` on a local directory laid out as pi lays it out."""
 
     def __init__(
-        self, root: str | os.PathLike[str], *, guard_wait_s: float = GUARD_WAIT_S, allow_foreign_root: bool = False
+        self,
+        root: str | os.PathLike[str],
+        *,
+        guard_wait_s: float = GUARD_WAIT_S,
+        allow_foreign_root: bool = False,
+        read_only: bool = False,
     ) -> None:
+        self.read_only = read_only  # then nothing is opened for writing, created or removed
         self.root = Path(root)
         self._root = str(self.root)
         self.guard_wait_s = guard_wait_s
@@ -182,10 +188,10 @@ class DirectoryStore(Store):
         self._slots_written: dict[str, tuple[int, bytes]] = {}  # path -> our last (sequence, payload)
 
     def __repr__(self) -> str:
-        return f"DirectoryStore({str(self.root)!r})"
+        return f"DirectoryStore({str(self.root)!r}{', read_only=True' if self.read_only else ''})"
 
     def describe(self) -> str:
-        return f"directory {self.root}"
+        return f"directory {self.root}" + (" (read-only)" if self.read_only else "")
 
     # ----------------------------------------------------------------- paths
     def _dir(self, space: Space) -> str:
@@ -301,6 +307,7 @@ class DirectoryStore(Store):
 
     def ensure_layout(self) -> None:
         """Create the root and every space (0700), as a registering instance does."""
+        self._writable("creating the layout")
         for space in ALL_SPACES:
             self._ensure_dir(self._dir(space))
 
@@ -511,6 +518,7 @@ class DirectoryStore(Store):
             raise StoreError(f"cannot replace {path}: {_describe_open_error(exc)}") from None
 
     def write(self, space: Space, key: str, data: bytes, *, durable: bool = True) -> None:
+        self._writable(f"write of {space.name}/{key}")
         if space.in_place:
             self.update(space, key, lambda _: data)
             return
@@ -532,12 +540,14 @@ class DirectoryStore(Store):
                 return
 
     def create(self, space: Space, key: str, data: bytes) -> bool:
+        self._writable(f"create of {space.name}/{key}")
         directory = self._dir(space)
         filename = self._filename(space, key)
         temp = self._stage(directory, filename, data, durable=False)
         return self._publish(temp, os.path.join(directory, filename), None)
 
     def replace_if(self, space: Space, key: str, expected: bytes, data: bytes) -> bool:
+        self._writable(f"replace of {space.name}/{key}")
         directory = self._dir(space)
         filename = self._filename(space, key)
         path = os.path.join(directory, filename)
@@ -551,6 +561,7 @@ class DirectoryStore(Store):
             _unlink_quietly(temp)
 
     def delete_if(self, space: Space, key: str, expected: bytes) -> bool:
+        self._writable(f"delete of {space.name}/{key}")
         path = os.path.join(self._dir(space), self._filename(space, key))
         try:
             with self._holding(path, key) as fd:
@@ -561,6 +572,7 @@ class DirectoryStore(Store):
             return False
 
     def delete(self, space: Space, key: str) -> bool:
+        self._writable(f"delete of {space.name}/{key}")
         path = os.path.join(self._dir(space), self._filename(space, key))
         try:
             with self._holding(path, key) as fd:
@@ -569,6 +581,7 @@ class DirectoryStore(Store):
             return _unlink_quietly(path)  # not a file of ours: nobody holds it
 
     def update(self, space: Space, key: str, updater: Updater) -> bytes | None:
+        self._writable(f"update of {space.name}/{key}")
         directory = self._dir(space)
         filename = self._filename(space, key)
         path = os.path.join(directory, filename)
@@ -695,6 +708,7 @@ class DirectoryStore(Store):
         write per line.  A line a full disk cut short stays a fragment that the next append
         ends (it starts with a newline when the log does not end with one) and readers
         report; past ``EVENTS_MAX_BYTES`` a new segment starts and the oldest go."""
+        self._writable("appending an event")
         if not data.strip() or b"\n" in data:
             raise ValueError("an event must be one non-empty line")
         self._ensure_dir(os.path.join(self._root, EVENTS_DIR))
@@ -739,6 +753,7 @@ class DirectoryStore(Store):
 
     def sweep(self, older_than_ms: int) -> int:
         """Remove temporary files that crashed writers left behind."""
+        self._writable("sweeping temporary files")
         cutoff_ns = time.time_ns() - older_than_ms * 1_000_000
         removed = 0
         for space in ALL_SPACES:

@@ -247,7 +247,8 @@ URL_SCHEMES = ("redis", "rediss", "unix")
 class RedisStore(Store):
     """A :class:`Store` on a Redis server (``redis://host:port/db?prefix=name``)."""
 
-    def __init__(self, url: str, prefix: str | None = None) -> None:
+    def __init__(self, url: str, prefix: str | None = None, *, read_only: bool = False) -> None:
+        self.read_only = read_only  # then no script runs and nothing is set, added or deleted
         parts = urlsplit(url)
         if parts.scheme not in URL_SCHEMES:
             raise StoreUnavailable(f"{url!r} is not a Redis URL (expected redis://host:port/db, rediss://... or unix://...)")
@@ -289,7 +290,7 @@ class RedisStore(Store):
         return f"RedisStore({self._where!r}, prefix={self.prefix!r})"
 
     def describe(self) -> str:
-        return f"redis {self._where} prefix {self.prefix}"
+        return f"redis {self._where} prefix {self.prefix}" + (" (read-only)" if self.read_only else "")
 
     # ------------------------------------------------------------- helpers
     @contextmanager
@@ -326,7 +327,7 @@ class RedisStore(Store):
         return self._eval(script, self._keys(space, key), [data, field] if expected is None else [data, field, expected])
 
     def _eval(self, name: str, keys: list[bytes], args: list[bytes]) -> Any:
-        """EVALSHA on a connection of this store's own, with redis-py's retries.
+        """EVALSHA (every script mutates) on a connection of this store's own, with redis-py's retries.
 
         Scripts are the hot path (every lock, claim and rate decision), and on
         a local server redis-py's command path costs more than the round trip
@@ -335,6 +336,7 @@ class RedisStore(Store):
         (atomic under the GIL, so threads never share one) and put back only
         after a complete exchange; any failure drops it.
         """
+        self._writable(f"script {name}")
         script = self._scripts[name]
         command = _pack(b"EVALSHA", script.sha, b"%d" % len(keys), *keys, *args)
         conn = self._connection()
@@ -446,6 +448,7 @@ class RedisStore(Store):
 
     def write_config(self, data: bytes) -> None:
         """Set the fleet's ``coordinator.json`` (there is no file to edit on Redis)."""
+        self._writable("setting the config")
         self._call(lambda: self._client.set(f"{self.prefix}:config", data))
 
     # ------------------------------------------------------------- writing
@@ -457,6 +460,7 @@ class RedisStore(Store):
 
     def create_or_read(self, space: Space, key: str, data: bytes) -> Blob | None:
         """One round trip: ``None`` if created, else what holds the key."""
+        self._writable(f"create of {space.name}/{key}")
         self._observe_server()
         if time.monotonic() < self._grants_frozen_until:
             # A restarted, non-persistent server: old holders may still be running.
@@ -482,6 +486,7 @@ class RedisStore(Store):
         (a provider's rate limiter) costs one round trip when this process was
         the last to change it, and two when another was.
         """
+        self._writable(f"update of {space.name}/{key}")
         keys = self._keys(space, key)
         entry = keys[0]
         if entry in self._last_seen:
@@ -521,6 +526,7 @@ class RedisStore(Store):
     def append_event(self, data: bytes) -> None:
         if not data.strip() or b"\n" in data:
             raise ValueError("an event must be one non-empty line")
+        self._writable("appending an event")
         stream = f"{self.prefix}:events"
         self._call(lambda: self._client.xadd(stream, {"e": data}, maxlen=EVENTS_KEPT, approximate=True))
 
@@ -542,6 +548,7 @@ class RedisStore(Store):
 
     def flush_prefix(self) -> int:
         """Remove everything under this store's prefix (tests, demos)."""
+        self._writable("flushing the prefix")
 
         def scan_and_delete() -> int:
             removed = 0
