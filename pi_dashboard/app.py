@@ -20,11 +20,13 @@ from textual.message import Message
 from textual.reactive import reactive
 from textual.widgets import Footer, Input, Static
 
+from core.alerts import FIRING, AlertRules, AlertState, evaluate
 from core.clock import SYSTEM_CLOCK, Clock
 from core.control import FleetControl
 from core.snapshot import FleetSnapshot, InstanceView, Status
 from core.store import Store
 
+from .alerting import AlertSinks
 from .actions import FLEET_CHANGING, SECONDARY_PANES, bindings, offered
 from .prefs import load_prefs, save_prefs
 from .screens.confirm import ConfirmScreen
@@ -94,10 +96,13 @@ class PiDashApp(App[None]):
         debounce_ms: int = DEBOUNCE_MS,
         theme: str | None = None,
         remember: bool = False,
+        alerts: tuple[AlertRules, AlertSinks | None] | None = None,
     ) -> None:
         """``theme`` overrides the remembered one; ``remember`` saves theme and sort
         changes for the next run (the interactive dashboard, not snapshots or tests)."""
         super().__init__()
+        self.alert_rules, self.alert_sinks = alerts or (None, None)
+        self._alert_state = AlertState()
         self.clock = clock
         self.live = live
         self.check_pids = check_pids
@@ -168,6 +173,8 @@ class PiDashApp(App[None]):
             self.query_one(f"#{pane}").border_title = title
         self._layout_for(self.size.width, self.size.height)
         self._render_state(self.source.build_now())
+        if self.snapshot is not None:
+            self._check_alerts(self.snapshot)
         for problem in problems:
             self.query_one(EventLogView).note("theme", problem, self.clock.now_ms())
         if self.live:
@@ -200,6 +207,8 @@ class PiDashApp(App[None]):
         state = self.source.take()
         if state is None:
             return
+        if state.snapshot is not None:
+            self._check_alerts(state.snapshot)
         if self.paused:
             self._held = state
         else:
@@ -238,6 +247,18 @@ class PiDashApp(App[None]):
             self._render_state(held)
         elif self.state is not None:
             self.query_one(FleetHeader).show(self.snapshot, paused=paused, watching=self.state.watching, error=self.state.error)
+
+    def _check_alerts(self, snapshot: FleetSnapshot) -> None:
+        """Each alert that starts or clears: a notification, the event pane, and the sinks."""
+        if self.alert_rules is None:
+            return
+        self._alert_state, sent = evaluate(self.alert_rules, snapshot, self._alert_state)
+        for alert in sent:
+            firing = alert.state == FIRING
+            self.notify(printable(alert.message), title=f"alert: {alert.rule}", severity="warning" if firing else "information", markup=False)
+            self._note("alert", f"{'firing' if firing else 'cleared'} {alert.rule}: {alert.message}")
+            if self.alert_sinks is not None:
+                self.alert_sinks.send(alert)
 
     # ------------------------------------------------------------- helpers
     def _selected_instance(self) -> InstanceView | None:

@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, NoReturn
 
+from core.alerts import AlertRules, load_rules
 from core.clock import ManualClock
 from core.limits_view import provider_limits
 from core.provider_config import config_path, load_settings
@@ -23,9 +24,12 @@ from core.store.redis_store import redis_url
 
 from . import __version__
 from .status_report import render, render_limits
+from .text import printable
 
 if TYPE_CHECKING:
     from textual.pilot import Pilot
+
+    from .alerting import AlertSinks
 
     from .demo import DemoFleet
 
@@ -76,6 +80,7 @@ def _parser() -> argparse.ArgumentParser:
         help=f"look, never touch: no drain, release or removal is offered, and the fleet is opened so that "
         f"nothing can be written (also ${ENV_READ_ONLY}=1; status, limits, why, metrics and watch always are)",
     )
+    _alert_options(parser)
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     status = commands.add_parser("status", help="print the fleet's state once (a table, or JSON)")
     status.add_argument("--root", metavar="DIR", help=root_help, default=argparse.SUPPRESS)
@@ -113,11 +118,59 @@ def _parser() -> argparse.ArgumentParser:
     why.add_argument("instance", metavar="INSTANCE", help="instance id, name (PI_INSTANCE_ID) or a prefix of the id")
     why.add_argument("--root", metavar="DIR", help=root_help, default=argparse.SUPPRESS)
     why.add_argument("--redis", metavar="URL", help=redis_help, default=argparse.SUPPRESS)
+    watch = commands.add_parser("watch", help="evaluate the alert rules without a screen until SIGTERM")
+    watch.add_argument("--root", metavar="DIR", help=root_help, default=argparse.SUPPRESS)
+    watch.add_argument("--redis", metavar="URL", help=redis_help, default=argparse.SUPPRESS)
+    watch.add_argument("--interval", type=float, default=1.0, metavar="SECONDS", help="between snapshots (default 1)")
+    _alert_options(watch, argparse.SUPPRESS)
     metrics = commands.add_parser("metrics", help="serve the fleet's metrics for Prometheus at /metrics")
     metrics.add_argument("--listen", metavar="HOST:PORT", required=True, help="address to serve on (port 0: any free one)")
     metrics.add_argument("--root", metavar="DIR", help=root_help, default=argparse.SUPPRESS)
     metrics.add_argument("--redis", metavar="URL", help=redis_help, default=argparse.SUPPRESS)
     return parser
+
+
+def _alert_options(parser: argparse.ArgumentParser, default: object = None) -> None:
+    parser.add_argument("--on-alert", metavar="CMD", default=default, help="shell command run for each alert, the alert as JSON on stdin")
+    parser.add_argument("--alert-log", metavar="FILE", default=default, help="append each alert to this JSONL file")
+    parser.add_argument(
+        "--config", metavar="FILE", default=default, help="config.json with dashboard.alerts (default: $PI_CONFIG, ./.pi/config.json, ~/.pi/config.json)"
+    )
+
+
+def _alerting(args: argparse.Namespace) -> tuple[AlertRules, AlertSinks]:
+    """The rules of config.json and their sinks (``--on-alert`` / ``--alert-log`` over the config's)."""
+    from .alerting import AlertSinks
+
+    rules, problems = load_rules(getattr(args, "config", None) or config_path())
+    for problem in problems:
+        print(f"pi-dash: {printable(problem)}", file=sys.stderr)
+    command = getattr(args, "on_alert", None) or rules.command
+    jsonl = getattr(args, "alert_log", None) or rules.jsonl
+    return rules, AlertSinks(command, jsonl, lambda message: print(f"pi-dash: {message}", file=sys.stderr, flush=True))
+
+
+def cmd_watch(args: argparse.Namespace) -> int:
+    from .alerting import watch
+
+    try:
+        builder = SnapshotBuilder(_store(args))
+        builder.build()
+    except StoreError as exc:
+        print(f"pi-dash: cannot read the fleet: {exc}", file=sys.stderr)
+        return EXIT_UNAVAILABLE
+    rules, sinks = _alerting(args)
+    stop = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stop.set())
+    print(f"watching {printable(builder.store.describe())}; alerts go to stdout"
+          + (f", {printable(sinks.command)}" if sinks.command else "")
+          + (f", {printable(str(sinks.jsonl))}" if sinks.jsonl else ""), flush=True)
+    try:
+        watch(builder, rules, sinks, stop, max(0.05, args.interval))
+    finally:
+        sinks.close()
+    return 0
 
 
 def _read_only(args: argparse.Namespace) -> bool:
@@ -279,7 +332,8 @@ def cmd_dashboard(args: argparse.Namespace, demo_now: bool = False) -> int:
     launcher = _DemoLauncher(getattr(args, "workers", 6), read_only)
     try:
         store = launcher() if demo_now else _store(args, read_only)
-        app = PiDashApp(store, start_demo=launcher, theme=theme, remember=True)
+        rules, sinks = _alerting(args)
+        app = PiDashApp(store, start_demo=launcher, theme=theme, remember=True, alerts=(rules, sinks))
 
         def hang_up(signum: int, frame: object) -> None:
             # The terminal is gone (SIGHUP) or we are told to go (SIGTERM): there is
@@ -291,6 +345,7 @@ def cmd_dashboard(args: argparse.Namespace, demo_now: bool = False) -> int:
         for signum in (signal.SIGHUP, signal.SIGTERM):
             signal.signal(signum, hang_up)
         app.run()
+        sinks.close()
     finally:
         launcher.stop()
     return 0
@@ -343,6 +398,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return cmd_why(args)
         if args.command == "metrics":
             return cmd_metrics(args)
+        if args.command == "watch":
+            return cmd_watch(args)
         return cmd_dashboard(args, demo_now=args.command == "demo")
     except (UsageError, StoreError) as exc:
         print(f"pi-dash: {exc}", file=sys.stderr)
