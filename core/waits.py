@@ -142,7 +142,7 @@ def _parallelism_reason(parallelism: InstanceParallelism) -> list[WaitReason]:
             continue
         lowered = []
         if state.current_parallelism < state.base_parallelism:
-            lowered.append(f"{state.adjustment_reason} lowered it to {state.current_parallelism} of {state.base_parallelism}")
+            lowered.append(f"lowered to {state.current_parallelism} of {state.base_parallelism} by {state.adjustment_reason}")
         if state.effective_parallelism < state.current_parallelism:
             lowered.append(f"shared with other instances (x{state.cross_instance_multiplier:.2g})")
         why = "; ".join(lowered) or f"its base is {state.base_parallelism}"
@@ -179,7 +179,7 @@ def _rate_reason(state: ProviderRateState, now: int) -> WaitReason | None:
         ahead,
         f"rate {_brief(ahead)}",
         f"the {state.provider} rate limiter, whose next slot is in {_seconds(ahead)} "
-        f"({used}/{effective:g} requests in the last minute, configured {state.requests_per_minute:g})",
+        f"({used}/{effective:.0f} requests in the last minute, configured {state.requests_per_minute:g})",
         {
             "nextSlotMs": ahead,
             "usedLastMinute": used,

@@ -119,7 +119,7 @@ def test_every_reason_with_its_figures_and_the_dominant_one():
         "recent429s": 1,
     }
     assert by_kind[WaitKind.PARALLELISM].figures["inFlight"] == 2 and by_kind[WaitKind.PARALLELISM].ends_in_ms is None
-    assert "429 from peer lowered it to 2 of 4" in by_kind[WaitKind.PARALLELISM].text
+    assert "lowered to 2 of 4 by 429 from peer" in by_kind[WaitKind.PARALLELISM].text
     assert by_kind[WaitKind.RATE_LIMIT].figures["nextSlotMs"] == 3_000
     assert by_kind[WaitKind.RATE_LIMIT].figures["usedLastMinute"] == 7
     assert by_kind[WaitKind.LOCK].figures["holder"] == "thief" and by_kind[WaitKind.LOCK].ends_in_ms == 26_000
