@@ -37,7 +37,7 @@ from .models import (
 )
 from .procs import Liveness, LivenessCache
 from .semantics import uses_model
-from .stealing import claim_pair, steal_resource
+from .stealing import STEAL_PREFIX, claim_pair, steal_resource
 from .store import (
     BACKOFF,
     CLAIMS,
@@ -681,7 +681,7 @@ class SnapshotBuilder:
         rates = {r.provider: r for r in self._caches[RATE_LIMITS].records()}
         locks_on: dict[str, list[DistributedLock]] = {}
         for view in locks:
-            if view.lock is not None and view.lock.resource.startswith("steal:"):
+            if view.lock is not None and view.lock.resource.startswith(STEAL_PREFIX):
                 locks_on.setdefault(view.lock.resource, []).append(view.lock)
         quiet = self._quiet_waits
         if len(quiet) > 2 * len(views) + 100:

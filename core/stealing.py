@@ -47,8 +47,11 @@ def claim_pair(key: str, claim: StealClaim | None) -> tuple[str, str]:
     return split_claim_key(key)
 
 
+STEAL_PREFIX = "steal:"
+
+
 def steal_resource(owner_instance_id: str) -> str:
-    return f"steal:{owner_instance_id}"
+    return f"{STEAL_PREFIX}{owner_instance_id}"
 
 
 def offered_to_claiming_thieves(state: BroadcastQueueState) -> tuple[StealableQueueEntry, ...]:

@@ -18,13 +18,13 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from core.snapshot import FleetSnapshot, SnapshotBuilder, Status
+from core.stealing import STEAL_PREFIX
 from core.store import StoreError
 from core.waits import WaitKind
 
 from .text import printable
 
 PREFIX = "pi_dash"
-STEAL_PREFIX = "steal:"
 
 
 def _s(ms: float | None) -> float:
