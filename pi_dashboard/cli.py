@@ -16,11 +16,9 @@ from typing import TYPE_CHECKING, NoReturn
 
 from core.alerts import AlertRules, load_rules
 from core.clock import ManualClock
-from core.limits_view import provider_limits
-from core.provider_config import config_path, load_settings
 from core.snapshot import FleetSnapshot, SnapshotBuilder
 from core.store import DirectoryStore, Store, StoreError, default_root
-from core.store.redis_store import redis_url
+from core.store.choice import redis_url
 
 from . import __version__
 from .status_report import render, render_limits
@@ -217,6 +215,10 @@ def _snapshot(args: argparse.Namespace) -> FleetSnapshot | None:
 
 
 def cmd_limits(args: argparse.Namespace) -> int:
+    # Imported here: the provider config's models cost every other command their start-up.
+    from core.limits_view import provider_limits
+    from core.provider_config import config_path, load_settings
+
     snapshot = _snapshot(args)
     if snapshot is None:
         return EXIT_UNAVAILABLE
@@ -236,8 +238,10 @@ def cmd_status(args: argparse.Namespace) -> int:
     if snapshot is None:
         return EXIT_UNAVAILABLE
     if getattr(args, "json", False):
-        json.dump(snapshot.to_dict(), sys.stdout, indent=2, ensure_ascii=False)
-        sys.stdout.write("\n")
+        sys.stdout.flush()
+        snapshot.write_json(sys.stdout.buffer)
+        sys.stdout.buffer.write(b"\n")
+        sys.stdout.buffer.flush()
     else:
         print(render(snapshot, width=shutil.get_terminal_size((100, 24)).columns))
     return 0

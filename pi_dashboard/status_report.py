@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
-from core.limits_view import ProviderLimits
 from core.snapshot import FleetSnapshot, InstanceView, Status
 
 from .text import clip, clip_left, clock_datetime, clock_zone, duration, printable
+
+if TYPE_CHECKING:
+    from core.limits_view import ProviderLimits
 
 
 def _table(

@@ -1187,3 +1187,17 @@ def test_js_number_oracle_itself() -> None:
 
 def test_iso_years_before_1000_keep_four_digits() -> None:
     assert to_js_iso(datetime(999, 1, 2, 3, 4, 5, 6000, tzinfo=timezone.utc)) == "0999-01-02T03:04:05.006Z"
+
+
+def test_records_read_alike_share_their_field_names_and_copies_do_not_leak_into_them():
+    from core.clock import utc_from_ms
+    from core.models import InstanceInfo
+
+    info = InstanceInfo(
+        instance_id="a", pid=1, session_id="s", started_at=utc_from_ms(1), last_heartbeat=utc_from_ms(2), cwd="/"
+    )
+    first, second = InstanceInfo.from_json(info.to_json()), InstanceInfo.from_json(info.to_json())
+    assert first.model_fields_set is second.model_fields_set  # one set for every record of these keys
+    copy = first.model_copy(update={"pending_task_count": 3})
+    assert copy.pending_task_count == 3 and "pending_task_count" in copy.model_fields_set
+    assert "pending_task_count" not in second.model_fields_set and second.pending_task_count is None

@@ -8,7 +8,7 @@ from core.clock import ManualClock, utc_from_ms
 from core.coordinator import Coordinator
 from core.models import InstanceInfo, StealClaim
 from core.snapshot import SnapshotBuilder, Status
-from core.store import INSTANCES, STEALING_STATS
+from core.store import INSTANCES, STEALING_STATS, DirectoryStore
 from tests.helpers import stealable_entries
 
 
@@ -128,3 +128,39 @@ def test_to_dict_is_json_ready(root, clock):
     assert data["figures"]["activeCount"] == 1
     assert data["locks"][0]["resource"] == "steal:x"
     assert data["instances"][0]["info"]["instanceId"] == coordinator.instance_id
+
+
+def _written_json(snapshot) -> bytes:
+    import io
+
+    out = io.BytesIO()
+    snapshot.write_json(out)
+    return out.getvalue()
+
+
+def test_write_json_is_to_dict_as_json_dumps_writes_it(tmp_path):
+    """Every kind of record (the dashboard fixture has them all, hostile names included),
+    and lists longer than one slice, with text that must be escaped."""
+    import json
+    import shutil
+    from pathlib import Path
+
+    fixture = Path(__file__).parent / "fixtures" / "dashboard_fleet"
+    root = tmp_path / "runtime"
+    shutil.copytree(fixture, root)
+    store = DirectoryStore(root)
+    now = 1_900_000_000_000
+    for n in range(1_234):
+        info = _instance(f"i{n}", now - n).model_copy(update={"cwd": f'/w/\x1b[31m"é\n{n}\\'})
+        store.write(INSTANCES, f"i{n}", info.to_json(), durable=False)
+    snapshot = SnapshotBuilder(store, clock=ManualClock(now)).build()
+    assert len(snapshot.instances) > 1_234 and snapshot.locks and snapshot.events and snapshot.controls
+    expected = json.dumps(snapshot.to_dict(), indent=2, ensure_ascii=False).encode()
+    assert _written_json(snapshot) == expected
+
+
+def test_write_json_of_an_empty_fleet(root):
+    import json
+
+    snapshot = SnapshotBuilder(DirectoryStore(root)).build()
+    assert _written_json(snapshot) == json.dumps(snapshot.to_dict(), indent=2, ensure_ascii=False).encode()

@@ -11,7 +11,9 @@ alongside so the fleet view does not flicker.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import gc
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from typing import Generic, NamedTuple, TypeVar
 
 from ..models import FORMAT_VERSION, CorruptRecord, Record
@@ -37,6 +39,25 @@ class Loaded(NamedTuple, Generic[R]):
     @property
     def ok(self) -> bool:
         return self.record is not None
+
+
+@contextmanager
+def cyclic_gc_paused() -> Iterator[None]:
+    """No cyclic garbage collection while a bulk load allocates.
+
+    Records hold no reference cycles, so the collector finds nothing in them,
+    but it runs every 700 allocations and its full passes walk every record
+    kept so far: a cold read of 10,000 instances spent a third of its time
+    there.  Reference counting still frees everything as usual.  Whoever
+    paused it turns it back on, so nested and concurrent pauses are harmless.
+    """
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
 
 
 def parse_blob(model: type[R], blob: Blob) -> R:
@@ -110,6 +131,10 @@ class RecordCache(Generic[R]):
         return dirty
 
     def _load_all(self) -> bool:
+        with cyclic_gc_paused():
+            return self._parse_all()
+
+    def _parse_all(self) -> bool:
         for key, blob in self.store.read_all(self.space).items():
             if isinstance(blob, EntryUnreadable):
                 self._keep(Loaded(key, None, None, ("unreadable", blob.reason), 0, blob.reason))

@@ -41,8 +41,8 @@ from redis.connection import AbstractConnection
 from redis.retry import Retry
 
 from .base import ALL_SPACES, REFUSED, Blob, EntryUnreadable, Space, Store, StoreError, StoreUnavailable, Updater, Version
+from .choice import ENV_REDIS, redis_url  # noqa: F401  (re-exported: their old home)
 
-ENV_REDIS = "PI_DASH_REDIS"
 DEFAULT_PREFIX = "pi-dash"
 EVENTS_KEPT = 20_000
 RESTART_GRACE_MS = 60_000
@@ -233,12 +233,6 @@ return removed
 """
 
 _SPACES = {space.name: space for space in ALL_SPACES}
-
-
-def redis_url(cli_url: str | None = None, env: dict[str, str] | None = None) -> str | None:
-    """``--redis URL``, else ``$PI_DASH_REDIS``, else ``None`` (use the directory)."""
-    env = os.environ if env is None else env
-    return cli_url or env.get(ENV_REDIS) or None
 
 
 URL_SCHEMES = ("redis", "rediss", "unix")
