@@ -237,3 +237,76 @@ def test_a_reader_that_fell_behind_resumes_at_the_oldest_kept_segment(store, mon
     events, _ = store.read_events(cursor)
     numbers = [int(e.split(b":")[1].strip(b" }")) for e in events]
     assert numbers == sorted(numbers) and numbers[-1] == 11 and len(set(numbers)) == len(numbers)
+
+
+def _stats(instance_id: str, attempts: int) -> bytes:
+    from core.models import StealingStats
+
+    return StealingStats(instance_id=instance_id, total_attempts=attempts).to_json()
+
+
+def _settle(directory) -> None:
+    """Date the directory's last change 10 s back, as if nothing had touched it since."""
+    past = os.stat(directory).st_mtime - 10
+    os.utime(directory, (past, past))
+
+
+def test_a_rescan_skips_a_space_of_pi_dash_nothing_added_removed_or_replaced_in(store, monkeypatch):
+    from core.models import StealingStats
+    from core.store import STEALING_STATS
+    import core.store.records as records
+
+    store.write(STEALING_STATS, "a", _stats("a", 1))
+    cache = RecordCache(store, STEALING_STATS, StealingStats)
+    directory = store.root / "pi-dash" / "stealing-stats"
+    _settle(directory)
+    assert cache.refresh() and cache.entries["a"].record.total_attempts == 1
+    listed = []
+    monkeypatch.setattr(store, "versions", lambda space: listed.append(space) or type(store).versions(store, space))
+    assert not cache.refresh() and listed == []  # the directory's mtime vouches for every entry
+
+    store.write(STEALING_STATS, "a", _stats("a", 2))  # a replace changes the directory
+    assert cache.refresh() and cache.entries["a"].record.total_attempts == 2 and listed == [STEALING_STATS]
+    store.write(STEALING_STATS, "b", _stats("b", 1))
+    assert cache.refresh() and set(cache.entries) == {"a", "b"}
+    store.delete(STEALING_STATS, "b")
+    assert cache.refresh() and set(cache.entries) == {"a"}
+
+    # A foreign program rewriting a file in place leaves the directory alone: it
+    # is seen once the token has been trusted for LISTING_TRUSTED_S.
+    _settle(directory)
+    assert not cache.refresh()  # the new token taken, nothing else changed
+    (directory / "a.json").write_bytes(_stats("a", 3))
+    assert not cache.refresh() and cache.entries["a"].record.total_attempts == 2
+    monkeypatch.setattr(records, "LISTING_TRUSTED_S", 0.0)
+    assert cache.refresh() and cache.entries["a"].record.total_attempts == 3
+
+
+def test_a_directory_changed_within_its_timestamp_granularity_is_always_listed(store):
+    """Two changes in one clock tick leave one mtime: a recent mtime vouches for nothing."""
+    from core.models import StealingStats
+    from core.store import STEALING_STATS
+
+    store.write(STEALING_STATS, "a", _stats("a", 1))
+    cache = RecordCache(store, STEALING_STATS, StealingStats)
+    directory = store.root / "pi-dash" / "stealing-stats"
+    cache.refresh()
+    mtime = os.stat(directory).st_mtime_ns
+    (directory / "a.json").write_bytes(_stats("a", 2))  # in place, and the mtime kept
+    os.utime(directory, ns=(mtime, mtime))
+    assert cache.refresh() and cache.entries["a"].record.total_attempts == 2
+
+
+def test_pi_s_folders_are_always_listed(store):
+    """pi rewrites its files in place, which never changes the directory."""
+    from core.clock import utc_from_ms
+
+    info = InstanceInfo(
+        instance_id="a", pid=1, session_id="s", started_at=utc_from_ms(1), last_heartbeat=utc_from_ms(2), cwd="/"
+    )
+    store.write(INSTANCES, "a", info.to_json())
+    cache = RecordCache(store, INSTANCES, InstanceInfo)
+    _settle(store.root / "instances")
+    cache.refresh()
+    (store.root / "instances" / "a.lock").write_bytes(info.model_copy(update={"pid": 2}).to_json())
+    assert cache.refresh() and cache.entries["a"].record.pid == 2

@@ -228,6 +228,13 @@ class Store(ABC):
     def read_config(self) -> bytes | None:
         """The raw fleet config (pi's ``coordinator.json``), or ``None`` when absent."""
 
+    def listing_token(self, space: Space) -> Version | None:
+        """A value that changes whenever an entry of ``space`` is added, removed or
+        replaced, or ``None`` when the backend cannot vouch for that (then every
+        entry's version is looked at).  Optional: it lets a rescan skip a space
+        nothing touched."""
+        return None
+
     def event_log_problems(self) -> list[tuple[str, str]]:
         """``(where, reason)`` for parts of the event log that cannot be read. Optional."""
         return []

@@ -81,6 +81,7 @@ CONFIG_FILE = "coordinator.json"
 GUARD_WAIT_S = 2.0  # a guard is held for a few system calls: waiting longer means its holder is stopped
 THREAD_STRIPES = 64  # threads of one process share an in-place file's descriptor: a lock per stripe
 MAX_BLOB_BYTES = 8 * 1024 * 1024
+LISTING_SETTLE_NS = 2_000_000_000  # coarser than any file system's timestamps (FAT: 2 s)
 MAX_NAME_BYTES = 255  # NAME_MAX on Linux and macOS
 HASH_MARK = "~"  # never in an encoded key (encode_key spells it %7E), so a hashed name is never an encoded one
 HASHED_PREFIX_CHARS = 96
@@ -388,6 +389,25 @@ class DirectoryStore(Store):
                     continue  # vanished between listing and stat
                 found[key] = (st.st_ino, st.st_mtime_ns, st.st_size, stat.S_IFMT(st.st_mode))
         return found
+
+    def listing_token(self, space: Space) -> Version | None:
+        """The directory's inode and mtime, which every ``os.replace``, ``link`` and
+        ``unlink`` in it changes.  ``None`` for pi's folders and in-place spaces (a
+        file rewritten in place leaves its directory's mtime alone, and pi writes
+        its files in place), and while the directory changed less than
+        ``LISTING_SETTLE_NS`` ago: timestamps are coarse (a clock tick, 1-2 s on
+        some file systems), so a change in the same tick as the one before would
+        leave the mtime as it was; once the mtime is that old, any later change
+        gives a newer one.  The token is taken before the listing it vouches for."""
+        if space.verbatim or space.in_place:
+            return None
+        try:
+            st = os.stat(self._dir(space))
+        except OSError:
+            return None
+        if time.time_ns() - st.st_mtime_ns < LISTING_SETTLE_NS:
+            return None
+        return (st.st_ino, st.st_mtime_ns)
 
     def keys(self, space: Space) -> list[str]:
         try:

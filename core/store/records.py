@@ -12,6 +12,7 @@ alongside so the fleet view does not flicker.
 from __future__ import annotations
 
 import gc
+import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from typing import Generic, NamedTuple, TypeVar
@@ -20,6 +21,10 @@ from ..models import FORMAT_VERSION, CorruptRecord, Record
 from .base import Blob, EntryUnreadable, Space, Store, StoreError, Version
 
 R = TypeVar("R", bound=Record)
+
+# However still a space's listing token stays, every entry is looked at this often:
+# a foreign program rewriting a file of pi-dash's in place is seen within that.
+LISTING_TRUSTED_S = 10.0
 
 
 class Loaded(NamedTuple, Generic[R]):
@@ -97,6 +102,7 @@ class RecordCache(Generic[R]):
         self.entries: dict[str, Loaded[R]] = {}
         self.problems: dict[str, Loaded[R]] = {}  # the entries with a problem, kept as they change
         self.generation = 0
+        self._listing: tuple[Version, float] | None = None  # the store's listing token, and when it was taken
 
     def refresh(self, changed: Iterable[str] | None = None) -> bool:
         """Bring the cache up to date; returns whether anything changed.
@@ -115,6 +121,18 @@ class RecordCache(Generic[R]):
         return dirty
 
     def _scan(self) -> bool:
+        token = self.store.listing_token(self.space)
+        now = time.monotonic()
+        if token is not None and self._listing is not None:
+            known, since = self._listing
+            if token == known and now - since < LISTING_TRUSTED_S:
+                return False  # nothing added, removed or replaced since the last listing
+        dirty = self._rescan()
+        # Kept only once the listing it vouches for is in: a failed one is tried again.
+        self._listing = None if token is None else (token, now)
+        return dirty
+
+    def _rescan(self) -> bool:
         if not self.entries:
             # Nothing cached yet: every entry must be read anyway, and reads
             # return versions, so one bulk read replaces listing + stat + read.

@@ -2,9 +2,9 @@
 
 Run with ``pytest tests/bench -m bench -s -k large``.  The fleet is
 ``conftest.make_fleet`` at 10,000 (one in ten instances names a live child
-process, the rest this process), with a ``coordinator.json`` whose heartbeat
-timeout is an hour, so every instance stays counted (and liveness-checked)
-however slowly the loaded machine writes and reads it.
+process, the rest this process; its heartbeat timeout is an hour, so every
+instance stays counted, and liveness-checked, however slowly a loaded machine
+writes and reads it).
 
 Each launch is a fresh process (interpreter start and imports included), its
 wall time, CPU time (user + system, which a loaded machine inflates less than
@@ -51,7 +51,6 @@ def large_fleet(tmp_path_factory: pytest.TempPathFactory, live_children: list[in
     root = tmp_path_factory.mktemp("large") / "runtime"
     root.mkdir(mode=0o700)
     make_fleet(root, live_children, size=LARGE_FLEET)
-    (root / "coordinator.json").write_text(json.dumps({"heartbeatTimeoutMs": 3_600_000}))
     yield root
 
 
