@@ -9,6 +9,7 @@ arithmetic the instances use (:mod:`core.semantics`).
 
 from __future__ import annotations
 
+import json
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -487,7 +488,12 @@ _JSON_SLICE = 500  # list items serialised at a time by write_json
 
 
 def _json(value: Any) -> bytes:
-    return pydantic_core.to_json(value, indent=2, by_alias=True)
+    try:
+        return pydantic_core.to_json(value, indent=2, by_alias=True)
+    except pydantic_core.PydanticSerializationError:
+        # Text that is no Unicode (a file name's undecodable bytes): escaped, as
+        # json.dumps escapes it, in a slice that stays valid UTF-8 JSON.
+        return json.dumps(value, indent=2, default=_record_as_dict).encode()
 
 
 def _record_as_dict(record: Record) -> dict[str, Any]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import os
 import shutil
@@ -238,10 +239,16 @@ def cmd_status(args: argparse.Namespace) -> int:
     if snapshot is None:
         return EXIT_UNAVAILABLE
     if getattr(args, "json", False):
-        sys.stdout.flush()
-        snapshot.write_json(sys.stdout.buffer)
-        sys.stdout.buffer.write(b"\n")
-        sys.stdout.buffer.flush()
+        binary = getattr(sys.stdout, "buffer", None)
+        if binary is None:  # a text stream (stdout redirected inside a program): give it text
+            document = io.BytesIO()
+            snapshot.write_json(document)
+            sys.stdout.write(document.getvalue().decode() + "\n")
+        else:
+            sys.stdout.flush()
+            snapshot.write_json(binary)
+            binary.write(b"\n")
+            binary.flush()
     else:
         print(render(snapshot, width=shutil.get_terminal_size((100, 24)).columns))
     return 0

@@ -139,3 +139,14 @@ def test_status_names_the_zone_of_its_local_time(root, capsys, monkeypatch):
         monkeypatch.delenv("TZ")
         time.tzset()
     assert first.endswith(("IST", "+0530")), first
+
+
+def test_status_json_to_a_text_stream(root):
+    """stdout redirected to a text stream inside a program (no binary buffer) still gets the JSON."""
+    import contextlib
+    import io
+
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        assert main(["--root", str(root), "status", "--json"]) == 0
+    assert "figures" in json.loads(out.getvalue())

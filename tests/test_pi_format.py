@@ -1194,7 +1194,7 @@ def test_records_read_alike_share_their_field_names_and_copies_do_not_leak_into_
     from core.models import InstanceInfo
 
     info = InstanceInfo(
-        instance_id="a", pid=1, session_id="s", started_at=utc_from_ms(1), last_heartbeat=utc_from_ms(2), cwd="/"
+        instance_id="a", pid=1, session_id="s", started_at=utc_from_ms(1_900_000_000_000), last_heartbeat=utc_from_ms(1_900_000_001_000), cwd="/"
     )
     first, second = InstanceInfo.from_json(info.to_json()), InstanceInfo.from_json(info.to_json())
     assert first.model_fields_set is second.model_fields_set  # one set for every record of these keys

@@ -164,3 +164,14 @@ def test_write_json_of_an_empty_fleet(root):
 
     snapshot = SnapshotBuilder(DirectoryStore(root)).build()
     assert _written_json(snapshot) == json.dumps(snapshot.to_dict(), indent=2, ensure_ascii=False).encode()
+
+
+def test_write_json_escapes_text_that_is_no_unicode(root):
+    """A file name with undecodable bytes (a lone surrogate once decoded) is still valid JSON."""
+    import json
+
+    store = DirectoryStore(root)
+    now = 1_900_000_000_000
+    store.write(INSTANCES, "bad-\udc80", _instance("bad", now).to_json())
+    snapshot = SnapshotBuilder(store, clock=ManualClock(now)).build()
+    assert [i["key"] for i in json.loads(_written_json(snapshot))["instances"]] == ["bad-\udc80"]

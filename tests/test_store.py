@@ -302,7 +302,7 @@ def test_pi_s_folders_are_always_listed(store):
     from core.clock import utc_from_ms
 
     info = InstanceInfo(
-        instance_id="a", pid=1, session_id="s", started_at=utc_from_ms(1), last_heartbeat=utc_from_ms(2), cwd="/"
+        instance_id="a", pid=1, session_id="s", started_at=utc_from_ms(1_900_000_000_000), last_heartbeat=utc_from_ms(1_900_000_001_000), cwd="/"
     )
     store.write(INSTANCES, "a", info.to_json())
     cache = RecordCache(store, INSTANCES, InstanceInfo)
