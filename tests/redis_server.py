@@ -19,11 +19,13 @@ def free_port() -> int:
 
 
 class RedisServer:
-    """``redis-server`` with append-only persistence (fsync always), so a restart keeps every lock."""
+    """``redis-server`` with append-only persistence (fsync always), so a restart keeps every lock;
+    with ``persistent=False``, none at all, so a restart loses everything."""
 
-    def __init__(self, directory: Path, port: int | None = None) -> None:
+    def __init__(self, directory: Path, port: int | None = None, *, persistent: bool = True) -> None:
         self.directory = directory
         self.port = port or free_port()
+        self.persistent = persistent
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -42,7 +44,7 @@ class RedisServer:
                 "--bind", "127.0.0.1",
                 "--dir", str(self.directory),
                 "--save", "",
-                "--appendonly", "yes",
+                "--appendonly", "yes" if self.persistent else "no",
                 "--appendfsync", "always",
                 "--protected-mode", "yes",
             ],  # fmt: skip

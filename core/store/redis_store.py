@@ -22,12 +22,20 @@ Redis with ``appendonly yes`` (the tests use ``appendfsync always``).  Without
 it, the store refuses every create-if-absent (locks, claims) until the server
 has been up for ``RESTART_GRACE_MS``, longer than any lock's TTL, so whoever
 held a lock before the restart has lost it by then.
+
+A restart is noticed by the create itself, not by a timer: the server holds a
+random token (``P:server``) that this store adopted when it last looked at the
+server (``INFO``: uptime, persistence), and the create script refuses to run
+unless the token is still there.  A server that lost its data lost the token,
+so the first create on it, on whatever connection, after whatever error, makes
+the store look again before anything is granted.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+import secrets
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -46,7 +54,6 @@ from .choice import ENV_REDIS, redis_url  # noqa: F401  (re-exported: their old 
 DEFAULT_PREFIX = "pi-dash"
 EVENTS_KEPT = 20_000
 RESTART_GRACE_MS = 60_000
-SERVER_CHECK_S = 1.0
 MAX_BLOB_BYTES = 8 * 1024 * 1024
 LAST_SEEN_KEPT = 1024
 
@@ -76,7 +83,10 @@ touch(ARGV[2])
 announce(ARGV[2])
 return 1
 """
+# KEYS[4]: the server token; ARGV[3]: the token this store adopted.  {-1}: the
+# token is not there (a restarted or flushed server): look at the server first.
 _CREATE = _COMMON + """
+if redis.call('GET', KEYS[4]) ~= ARGV[3] then return {-1} end
 if not redis.call('SET', KEYS[1], ARGV[1], 'NX') then
   return {0, redis.call('GET', KEYS[1]) or '', redis.call('HGET', KEYS[2], ARGV[2]) or '', redis.call('HGET', KEYS[3], ARGV[2]) or ''}
 end
@@ -218,6 +228,11 @@ end
 local before = effective ~= old and exact(old) or ''
 return table.concat({booked_at, plan[choice], exact(effective), before}, string.char(10))
 """
+# The server's token: the one already there, else ARGV[1].
+_ADOPT_TOKEN = """
+redis.call('SET', KEYS[1], ARGV[1], 'NX')
+return redis.call('GET', KEYS[1])
+"""
 _DELETE_IF = _COMMON + """
 if redis.call('GET', KEYS[1]) ~= ARGV[3] then return 0 end
 redis.call('DEL', KEYS[1])
@@ -270,11 +285,12 @@ class RedisStore(Store):
                 ("reserve_rate", _RESERVE_RATE),
                 ("delete_if", _DELETE_IF),
                 ("delete", _DELETE),
+                ("adopt_token", _ADOPT_TOKEN),
             )
         }
         self._server_lock = threading.Lock()
-        self._server_checked = 0.0
-        self._run_id: str | None = None
+        self._token_key = f"{self.prefix}:server".encode()
+        self._server_token: bytes | None = None  # see "Restarts" above
         self._grants_frozen_until = 0.0
         self._last_seen: dict[bytes, bytes | None] = {}  # update()'s guesses of current values
         self._idle: list[AbstractConnection] = []  # the script connections (see _eval)
@@ -365,23 +381,24 @@ class RedisStore(Store):
 
     # ------------------------------------------------------------- reading
     def check(self) -> None:
-        self._observe_server(force=True)
+        self._observe_server()
 
-    def _observe_server(self, force: bool = False) -> None:
-        """Notice restarts (a new run id) of a server that keeps nothing across them."""
-        now = time.monotonic()
-        with self._server_lock:
-            if not force and now - self._server_checked < SERVER_CHECK_S:
-                return
-            self._server_checked = now
-        info = self._call(lambda: self._client.info())
-        run_id, uptime_ms = info.get("run_id"), int(info.get("uptime_in_seconds", 0)) * 1000
+    def _observe_server(self) -> None:
+        """Adopt the server's token, then judge the server (see "Restarts" above).
+
+        In this order: if the server restarts between the two steps, ``INFO``
+        already shows the new server's short uptime; if after, the token is gone
+        and the next create looks again.
+        """
+        token = self._eval("adopt_token", [self._token_key], [secrets.token_hex(8).encode()])
+        info = self._call(lambda: self._client.info("server", "persistence"))
+        uptime_ms = int(info.get("uptime_in_seconds", 0)) * 1000
         persistent = bool(info.get("aof_enabled"))
         with self._server_lock:
-            restarted = self._run_id is not None and run_id != self._run_id
-            self._run_id = run_id
-            if not persistent and (restarted or uptime_ms < RESTART_GRACE_MS):
-                self._grants_frozen_until = now + max(0, RESTART_GRACE_MS - uptime_ms) / 1000
+            if not persistent and uptime_ms < RESTART_GRACE_MS:
+                frozen_until = time.monotonic() + (RESTART_GRACE_MS - uptime_ms) / 1000
+                self._grants_frozen_until = max(self._grants_frozen_until, frozen_until)
+            self._server_token = token
 
     def versions(self, space: Space) -> dict[str, Version]:
         raw = self._call(lambda: self._client.hgetall(self._versions_key(space)))
@@ -455,14 +472,25 @@ class RedisStore(Store):
     def create_or_read(self, space: Space, key: str, data: bytes) -> Blob | None:
         """One round trip: ``None`` if created, else what holds the key."""
         self._writable(f"create of {space.name}/{key}")
-        self._observe_server()
-        if time.monotonic() < self._grants_frozen_until:
-            # A restarted, non-persistent server: old holders may still be running.
-            return Blob(key, b"", REFUSED, 0)
-        reply = self._mutate("create", space, key, data)
-        if int(reply[0]) == 1:
-            return None
-        return self._blob(key, reply[1], reply[2] or None, reply[3] or None)
+        for _ in range(3):
+            if self._server_token is None:
+                self._observe_server()
+            if time.monotonic() < self._grants_frozen_until:
+                # A restarted, non-persistent server: old holders may still be running.
+                return Blob(key, b"", REFUSED, 0)
+            token = self._server_token
+            assert token is not None
+            keys = [*self._keys(space, key), self._token_key]
+            reply = self._eval("create", keys, [data, key.encode(), token])
+            if int(reply[0]) == -1:  # the server lost our token: it restarted or was flushed
+                with self._server_lock:
+                    if self._server_token == token:
+                        self._server_token = None
+                continue
+            if int(reply[0]) == 1:
+                return None
+            return self._blob(key, reply[1], reply[2] or None, reply[3] or None)
+        raise StoreUnavailable(f"redis at {self._where} keeps losing its state (restarting or being flushed)")
 
     def replace_if(self, space: Space, key: str, expected: bytes, data: bytes) -> bool:
         return int(self._mutate("replace_if", space, key, data, expected=expected)) == 1

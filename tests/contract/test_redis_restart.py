@@ -7,6 +7,7 @@ import multiprocessing
 import time
 
 import pytest
+import redis
 
 from core.store import StoreUnavailable
 from core.store.redis_store import RedisStore
@@ -38,7 +39,13 @@ def test_no_lock_is_granted_twice_across_a_restart(server):
     for proc in procs:
         proc.start()
     start.set()
-    time.sleep(1.5)
+    # Spawned children take seconds to start on a loaded machine: kill the
+    # server only once they have been taking the lock for a while.
+    watcher = redis.Redis(port=server.port)
+    deadline = time.monotonic() + 60
+    while watcher.info("commandstats").get("cmdstat_evalsha", {}).get("calls", 0) < 400:
+        assert time.monotonic() < deadline, "the workers never took the lock"
+        time.sleep(0.05)
     killed_at = time.monotonic_ns()
     server.kill()
     time.sleep(1.0)
