@@ -48,7 +48,7 @@ from .models import (
 from . import procs
 from .procs import HOSTNAME, Liveness, own_start_ms
 from .semantics import WorkStealingSummary
-from .stealing import StealingService, StolenWork
+from .stealing import StealingService, StolenWork, claim_pair
 from .store import (
     CLAIMS,
     CONTROL,
@@ -155,6 +155,9 @@ class Coordinator:
         self.events = EventLog(self.store, None, clock)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._settled: dict[str, int] = {}  # own entries known to be done -> when we learnt it
+        # The record caches are refreshed in place by the heartbeat thread and by callers.
+        self._caches_guard = threading.RLock()
 
     # ----------------------------------------------------------- lifecycle
     def register(self, session_id: str | None = None, cwd: str | None = None, *, heartbeat: bool = True) -> InstanceInfo:
@@ -395,9 +398,10 @@ class Coordinator:
     # --------------------------------------------------------------- fleet
     def _all_instances(self) -> list[InstanceInfo]:
         """Every readable instance record, in pi's directory order."""
-        self._instances.refresh()
+        with self._caches_guard:
+            self._instances.refresh()
+            entries = dict(self._instances.entries)
         own = self._info
-        entries = dict(self._instances.entries)
         if own is not None:
             # Our in-memory record is at least as fresh as our file.
             entries = {k: e for k, e in entries.items() if e.record is None or e.record.instance_id != own.instance_id}
@@ -493,8 +497,10 @@ class Coordinator:
 
     def remote_queue_states(self) -> list[BroadcastQueueState]:
         """Other instances' queue states young enough to act on (pi: 30 s), in directory order."""
-        self._queues.refresh()
-        ordered = semantics.directory_order(self._queues.entries.items(), lambda kv: kv[0] + QUEUES.suffix)
+        with self._caches_guard:
+            self._queues.refresh()
+            items = list(self._queues.entries.items())
+        ordered = semantics.directory_order(items, lambda kv: kv[0] + QUEUES.suffix)
         records = [e.record for _, e in ordered if e.record is not None]
         return semantics.fresh_queue_states(records, self.clock.now_ms(), self.instance_id)
 
@@ -505,9 +511,11 @@ class Coordinator:
     def cleanup_queue_states(self) -> list[str]:
         """Remove queue states older than pi's default heartbeat timeout (60 s)."""
         now = self.clock.now_ms()
-        self._queues.refresh()
+        with self._caches_guard:
+            self._queues.refresh()
+            entries = list(self._queues.entries.items())
         removed = []
-        for key, entry in list(self._queues.entries.items()):
+        for key, entry in entries:
             if entry.record is None or entry.raw is None:
                 continue
             if semantics.is_expired_queue_state(entry.record, now):
@@ -550,29 +558,68 @@ class Coordinator:
         return offer[1] if offer else None
 
     def safe_steal_work(self) -> StolenWork | None:
-        """Take one entry from a busy instance, claimed exactly once across the fleet.
+        """Take one entry from a busy instance, claimed exactly once across the fleet;
+        call :meth:`finish` once it has run.
 
         Only owners that honour claims are stolen from: pi's own owners run
         every entry they listed whoever took it, so taking one would run it twice.
         """
         if not self.work_stealing_enabled or self.info.pending != 0 or self.draining:
             return None
+        read_at = self.clock.monotonic()
         honouring = {i.instance_id for i in self._all_instances() if i.honours_claims}
-        return self._stealer().safe_steal([s for s in self.remote_queue_states() if s.instance_id in honouring])
+        states = [s for s in self.remote_queue_states() if s.instance_id in honouring]
+        max_delay_s = self.config.heartbeat_timeout_ms / 2000  # < a done claim's retention less a state's freshness
+        return self._stealer().safe_steal(states, read_at, max_delay_s)
 
     def claimed_entries(self) -> set[str]:
         """Ids of this instance's entries that are claimed (stolen, or being run by us):
-        drop them from the queue you broadcast."""
+        leave them out of the queue you broadcast."""
         me = self.info.instance_id
         return {entry_id for owner, entry_id in self._stealer().claimed_pairs([me])}
 
     def claim_own(self, entry: EntryLike | str) -> bool:
-        """Claim one of this instance's own entries before running it; ``False`` if it was stolen.
+        """Claim one of this instance's own entries before running it; ``False`` if somebody
+        else claimed it.  Keep such an entry until :meth:`done_entries` names it: if its
+        claimant dies first, the claim is released and the entry is yours to run again.
 
         Takes an entry as :meth:`broadcast_queue_state` does (a record or a mapping), or its id.
         """
         claimed = entry if isinstance(entry, str) else as_entry(entry)
         return self._stealer().claim(self.info.instance_id, claimed) is not None
+
+    def finish(self, work: StolenWork | StealableQueueEntry | str) -> bool:
+        """Record that a claimed entry (stolen work, or one of ours) has run.
+
+        ``False`` if the claim is no longer ours: we were taken for dead (another host
+        saw no heartbeat) and the entry was released, so it may run elsewhere too.
+        """
+        if isinstance(work, StolenWork):
+            return self._stealer().complete(work.owner_instance_id, work.entry.id)
+        entry_id = work if isinstance(work, str) else work.id
+        done = self._stealer().complete(self.info.instance_id, entry_id)
+        if done:
+            with self._caches_guard:
+                self._settled[entry_id] = self.clock.now_ms()
+        return done
+
+    def done_entries(self) -> set[str]:
+        """Ids of this instance's entries that have run (here or by a thief): drop them.
+
+        Only once this instance has learnt it are the claims forgotten, so an owner
+        that was stopped for a while never runs a stolen entry again.
+        """
+        me = self.info.instance_id
+        with self._caches_guard:
+            self._claims_cache.refresh()
+            now = self.clock.now_ms()
+            done = set()
+            for loaded in self._claims_cache.entries.values():
+                claim = loaded.record
+                if claim is not None and claim.owner_instance_id == me and claim.done_at is not None:
+                    done.add(claim.entry_id)
+                    self._settled.setdefault(claim.entry_id, now)
+        return done
 
     def work_stealing_summary(self) -> WorkStealingSummary:
         """pi's ``getWorkStealingSummary`` over the other instances' fresh queue states."""
@@ -590,13 +637,40 @@ class Coordinator:
         return self._stealing
 
     def cleanup_claims(self) -> list[str]:
-        self._claims_cache.refresh()
-        self._queues.refresh()
-        states = {s.instance_id: s for s in self._queues.records()}
-        live = {i.instance_id for i in self.active_instances()}
-        return self._stealer().cleanup_claims(
-            self._claims_cache.entries, states, live, self.config.heartbeat_timeout_ms
-        )
+        """Release claims whose claimant is gone; forget claims nobody can still need."""
+        with self._caches_guard:
+            self._claims_cache.refresh()
+            claims = dict(self._claims_cache.entries)
+            settled = dict(self._settled)
+            self._queues.refresh()
+            self._instances.refresh()
+            states = {s.instance_id: s for s in self._queues.records()}
+            instances = dict(self._instances.entries)
+        now = self.clock.now_ms()
+
+        def instance_gone(instance_id: str) -> bool | None:
+            if instance_id == self.instance_id:
+                return False
+            loaded = instances.get(instance_id)
+            if loaded is None:
+                return None  # no file: unregistered, or removed as dead
+            if loaded.record is None:
+                return False  # unreadable: not ours to judge
+            return self._is_dead(loaded.record, loaded.modified_ms, now)
+
+        def settles_own_claims(instance_id: str) -> bool:
+            loaded = instances.get(instance_id)
+            return loaded is not None and loaded.record is not None and bool(loaded.record.honours_claims)
+
+        retention = self.config.heartbeat_timeout_ms + semantics.QUEUE_FRESH_MS
+        removed = self._stealer().cleanup_claims(claims, states, instance_gone, settles_own_claims, settled, retention)
+        me = self.instance_id
+        with self._caches_guard:
+            for key in removed:
+                owner, entry_id = claim_pair(key, claims[key].record)
+                if owner == me:
+                    self._settled.pop(entry_id, None)
+        return removed
 
     # ---------------------------------------------------------------- locks
     def try_acquire_lock(self, resource: str, ttl_ms: int = DEFAULT_TTL_MS) -> DistributedLock | None:
@@ -627,9 +701,11 @@ class Coordinator:
         """
         now = self.clock.now_ms()
         timeout = self.config.heartbeat_timeout_ms
-        self._instances.refresh()
+        with self._caches_guard:
+            self._instances.refresh()
+            entries = list(self._instances.entries.items())
         removed = []
-        for key, entry in list(self._instances.entries.items()):
+        for key, entry in entries:
             if entry.raw is None or key == self.instance_id:
                 continue
             if entry.record is not None:
@@ -677,16 +753,15 @@ class Coordinator:
         return removed
 
     def _is_dead(self, info: InstanceInfo, modified_ms: int, now: int) -> bool:
-        timeout = self.config.heartbeat_timeout_ms
         liveness = procs.check(
             info.pid,
             registered_ms=info.started_ms,
             recorded_start_ms=info.process_started_at,
             hostname=info.hostname,
         )
-        if liveness is Liveness.DEAD:
-            return True
-        return semantics.heartbeat_age_ms(info, now) >= timeout and now - modified_ms >= timeout
+        return procs.gone(
+            liveness, semantics.heartbeat_age_ms(info, now), now - modified_ms, self.config.heartbeat_timeout_ms
+        )
 
     def _remove_queue_state_of(self, instance_id: str) -> None:
         try:

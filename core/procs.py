@@ -114,6 +114,23 @@ def _judge(started_ms: int, registered_ms: int, recorded_start_ms: int | None) -
     return Liveness.ALIVE if started_ms <= registered_ms + START_SLACK_MS else Liveness.DEAD
 
 
+def gone(liveness: Liveness, heartbeat_age_ms: int, file_age_ms: int, timeout_ms: int) -> bool:
+    """The one rule of death, for an instance and for a claimant.
+
+    A process that is running with the recorded start time is never gone,
+    however old its heartbeat (stopped, debugged, starved: it may resume at any
+    moment and carry on); one that is not running is gone at once.  Only where
+    the OS cannot tell (another host) do the heartbeat and the file's own age
+    decide, both past the timeout (a fresh file with an old heartbeat is a
+    skewed clock, not a death).
+    """
+    if liveness is Liveness.ALIVE:
+        return False
+    if liveness is Liveness.DEAD:
+        return True
+    return heartbeat_age_ms >= timeout_ms and file_age_ms >= timeout_ms
+
+
 class LivenessCache:
     """Remembers answers for a short while: a snapshot of 1,000 instances
     rebuilt every second must not ask the OS about 1,000 pids each time."""

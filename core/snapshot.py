@@ -70,7 +70,8 @@ CLOCK_SKEW_TOLERANCE_MS = 5_000
 class Status(str, Enum):
     ALIVE = "alive"  # heartbeat within two intervals
     STALE = "stale"  # heartbeat late, but pi still counts it (younger than the timeout)
-    DEAD = "dead"  # heartbeat past the timeout, or its process is gone
+    DEAD = "dead"  # its process is gone, or (another host) heartbeat and file past the timeout
+    STALLED = "stalled"  # heartbeat past the timeout, yet its process runs (stopped?): never removed
     CORRUPT = "corrupt"  # the file cannot be read as an instance
     DRAINING = "draining"  # alive, finishing its work at an operator's request
     OFFLINE = "offline"  # drained and left: its file is gone, its drain request remains
@@ -865,14 +866,14 @@ class SnapshotBuilder:
             liveness = Liveness.UNKNOWN
             if counted:
                 alive_records.append(info)
-                if self.check_pids:
-                    liveness = self._liveness.check(
-                        info.pid,
-                        registered_ms=info.started_ms,
-                        recorded_start_ms=info.process_started_at,
-                        hostname=info.hostname,
-                        now_ms=now,
-                    )
+            if self.check_pids:
+                liveness = self._liveness.check(
+                    info.pid,
+                    registered_ms=info.started_ms,
+                    recorded_start_ms=info.process_started_at,
+                    hostname=info.hostname,
+                    now_ms=now,
+                )
             if age < -CLOCK_SKEW_TOLERANCE_MS:
                 problems.append(
                     Problem("clock-skew", _where(INSTANCES, key), f"heartbeat is {-age // 1000} s in the future")
@@ -890,7 +891,8 @@ class SnapshotBuilder:
                 status = Status.DEAD
                 problems.append(self._dead_pid_problem(key, info.pid))
             elif not counted:
-                status = Status.DEAD
+                # Its process runs with the recorded start time: stopped, not gone (procs.gone).
+                status = Status.STALLED if liveness is Liveness.ALIVE else Status.DEAD
             elif info.draining_since is not None:
                 status = Status.DRAINING
             elif age >= stale_after:

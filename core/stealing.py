@@ -11,17 +11,38 @@ A claim's key is ``{owner}/{entryId}``; when that cannot be a file name (a long
 or hostile id) the store gives it a bounded name without the ``/``.  A key
 with other than one ``/`` does not tell owner from entry (an entry id may hold
 ``/``), so then the pair is read from the claim itself, which names both.
+
+A claim lives until nobody can run its entry again:
+
+* **claimed**: the claimant runs the entry, then marks the claim done
+  (:meth:`StealingService.complete`).  Kept as long as the claimant lives:
+  a stopped claimant is alive and resumes its work.
+* **released**: a claim not done whose claimant is gone (on this host, its
+  pid is not running with the recorded start time; elsewhere, its instance
+  is gone by heartbeat) is deleted, so the entry is claimed and run again by
+  its owner or another thief: run once, not lost.
+* **done**: kept while the owner lives, until the owner has learnt it
+  (``Coordinator.done_entries``) and dropped the entry; the owner itself then
+  forgets it after ``retention`` (the heartbeat timeout plus the freshness
+  of a queue state), by when every queue state that offered the entry is too
+  old to act on.  A thief whose claim lands more than half a heartbeat
+  timeout after it read the states (it was stopped in between) gives the
+  claim back at once, so it cannot claim from a state that old.  pi's own
+  instances never look at claims: theirs are forgotten once old and no
+  longer offered, as before.
 """
 
 from __future__ import annotations
 
+import os
 import threading
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
 from .clock import SYSTEM_CLOCK, Clock
 from .events import EventLog
 from .locks import DEFAULT_TTL_MS, LockService
+from . import procs
 from .models import BroadcastQueueState, CorruptRecord, StealableQueueEntry, StealClaim, StealingStats
 from .semantics import is_busy_queue, pick_steal_entry
 from .store import CLAIMS, STEALING_STATS, EntryUnreadable, Loaded, Store, StoreError, read_record
@@ -86,20 +107,44 @@ class StealingService:
         self.events = events
         self._stats_lock = threading.Lock()
         self._stats = self._load_stats()
+        self._process = (os.getpid(), procs.HOSTNAME, procs.own_start_ms())
 
     # --------------------------------------------------------------- claims
     def claim(self, owner_instance_id: str, entry: StealableQueueEntry | str) -> StealClaim | None:
         """Claim an entry for this instance; ``None`` if somebody claimed it first."""
         entry_id = entry if isinstance(entry, str) else entry.id
+        pid, hostname, started_ms = self._process
         claim = StealClaim(
             owner_instance_id=owner_instance_id,
             entry_id=entry_id,
             claimed_by=self.instance_id,
             claimed_at=self.clock.now_ms(),
             entry=None if isinstance(entry, str) else entry,
+            claimant_pid=pid,
+            claimant_hostname=hostname,
+            claimant_started_at=started_ms,
         )
         created = self.store.create(CLAIMS, claim_key(owner_instance_id, entry_id), claim.to_json())
         return claim if created else None
+
+    def complete(self, owner_instance_id: str, entry_id: str) -> bool:
+        """Mark this instance's claim done; ``False`` if it is no longer ours (released
+        while we were taken for dead, so the entry may have run elsewhere too)."""
+        key = claim_key(owner_instance_id, entry_id)
+        for _ in range(3):
+            try:
+                found = read_record(self.store, CLAIMS, key, StealClaim)
+            except (CorruptRecord, EntryUnreadable):
+                return False
+            if found is None or found[0].claimed_by != self.instance_id:
+                return False
+            claim, blob = found
+            if claim.done_at is not None:
+                return True
+            done = claim.model_copy(update={"done_at": self.clock.now_ms()})
+            if self.store.replace_if(CLAIMS, key, blob.data, done.to_json()):
+                return True
+        return False
 
     def claim_holder(self, owner_instance_id: str, entry_id: str) -> str | None:
         """Who claimed an entry, if anyone."""
@@ -127,10 +172,16 @@ class StealingService:
         return None if found is None else claim_pair(key, found[0])
 
     # ---------------------------------------------------------------- steal
-    def safe_steal(self, remote_states: Iterable[BroadcastQueueState]) -> StolenWork | None:
+    def safe_steal(
+        self, remote_states: Iterable[BroadcastQueueState], read_at: float, max_delay_s: float
+    ) -> StolenWork | None:
         """Steal the most urgent unclaimed entry offered to claiming thieves by
         the busy queues among ``remote_states`` (pi's choice, in directory order), or ``None``.
 
+        ``read_at``: when the states were read (``clock.monotonic()``).  A
+        claim that lands more than ``max_delay_s`` later (this process was
+        stopped in between) is given back: the states no longer prove the
+        entry is on offer, it may have run and its claim have been forgotten.
         Counts as one attempt whenever there was a queue to steal from.
         """
         victims = [s for s in remote_states if is_busy_queue(s)]
@@ -139,12 +190,12 @@ class StealingService:
         started = self.clock.monotonic()
         stolen = None
         try:
-            stolen = self._steal_from(victims)
+            stolen = self._steal_from(victims, read_at + max_delay_s)
         finally:
             self._record_attempt(stolen is not None, (self.clock.monotonic() - started) * 1000)
         return stolen
 
-    def _steal_from(self, victims: list[BroadcastQueueState]) -> StolenWork | None:
+    def _steal_from(self, victims: list[BroadcastQueueState], claim_by: float) -> StolenWork | None:
         skip = set(self.claimed_pairs(s.instance_id for s in victims))
         for _ in range(MAX_PICKS_PER_STEAL):
             offer = pick_steal_entry(victims, frozenset(skip), offered_to_claiming_thieves)
@@ -160,6 +211,10 @@ class StealingService:
                 claim = self.claim(state.instance_id, entry)
             finally:
                 self.locks.release(lock)
+            if claim is not None and self.clock.monotonic() > claim_by:
+                # Held up (stopped?) since reading the states: give the claim back.
+                self.store.delete_if(CLAIMS, claim_key(state.instance_id, entry.id), claim.to_json())
+                return None
             if claim is not None:
                 if self.events is not None:
                     self.events.emit(
@@ -198,19 +253,36 @@ class StealingService:
         self.store.write(STEALING_STATS, self.instance_id, stats.to_json(), durable=False)
 
     # -------------------------------------------------------------- cleanup
+    def claimant_gone(self, claim: StealClaim, instance_gone: Callable[[str], bool | None]) -> bool | None:
+        """Is the process that made ``claim`` gone?  By pid and start time where the
+        OS can tell, else by the claimant's instance (``None``: it has no file)."""
+        if claim.claimant_pid is not None:
+            liveness = procs.check(
+                claim.claimant_pid,
+                registered_ms=claim.claimed_at,
+                recorded_start_ms=claim.claimant_started_at,
+                hostname=claim.claimant_hostname,
+            )
+            if liveness is not procs.Liveness.UNKNOWN:
+                return liveness is procs.Liveness.DEAD
+        return instance_gone(claim.claimed_by)
+
     def cleanup_claims(
         self,
         claims: Mapping[str, Loaded[StealClaim]],
         queue_states: Mapping[str, BroadcastQueueState],
-        live_instances: set[str],
+        instance_gone: Callable[[str], bool | None],
+        settles_own_claims: Callable[[str], bool],
+        settled: Mapping[str, int],
         retention_ms: int,
     ) -> list[str]:
-        """Forget claims nobody can still need.
+        """Release the claims of gone claimants and forget those nobody can still need.
 
-        A claim must outlive every queue state that still offers its entry,
-        or a thief reading that state could claim the entry again.  So a claim
-        goes only when its owner is gone, or when the owner no longer offers the
-        entry and the claim is older than ``retention_ms``.
+        ``instance_gone(id)``: by :func:`core.procs.gone`, ``None`` if it has no file
+        (gone too once that has lasted ``retention``); ``settles_own_claims(id)``:
+        a ``core`` instance, which learns of its done entries and forgets their
+        claims itself; ``settled``: this instance's entries it learnt were done,
+        and when.  See the module's docstring for the lifecycle.
         """
         now = self.clock.now_ms()
         removed = []
@@ -218,13 +290,28 @@ class StealingService:
             if loaded.raw is None:
                 continue
             owner, entry_id = claim_pair(key, loaded.record)
+            claim = loaded.record
             state = queue_states.get(owner)
             offered = state is not None and any(
                 e.id == entry_id for e in (*state.stealable_entries, *offered_to_claiming_thieves(state))
             )
-            claimed_at = loaded.record.claimed_at if loaded.record else loaded.modified_ms
-            old = now - claimed_at > retention_ms
-            gone = owner not in live_instances and state is None
-            if (gone or (old and not offered)) and self.store.delete_if(CLAIMS, key, loaded.raw):
+            old = now - (loaded.record.claimed_at if loaded.record else loaded.modified_ms) > retention_ms
+            if owner != self.instance_id and state is None and instance_gone(owner) is not False:
+                reason = "owner gone"  # nobody will offer or run its entries again
+            elif claim is None:
+                reason = "unreadable, old and no longer offered" if old and not offered else ""
+            elif claim.done_at is None:
+                gone = self.claimant_gone(claim, instance_gone)
+                reason = f"released: {claim.claimed_by} is gone" if gone or (gone is None and old) else ""
+            elif owner == self.instance_id:
+                learnt = settled.get(entry_id)
+                reason = "done and settled" if learnt is not None and now - learnt > retention_ms else ""
+            elif settles_own_claims(owner):
+                reason = ""  # its owner forgets it once it has learnt it is done
+            else:
+                reason = "done, old and no longer offered" if old and not offered else ""
+            if reason and self.store.delete_if(CLAIMS, key, loaded.raw):
                 removed.append(key)
+                if reason.startswith("released") and self.events is not None:
+                    self.events.emit("cleanup", f"claim on {entry_id} of {owner} {reason}: the entry is free to run")
         return removed

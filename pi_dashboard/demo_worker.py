@@ -45,6 +45,7 @@ from core.coordinator import Coordinator, NotRegistered
 from core.models import DistributedLock, StealableQueueEntry
 from core.parallelism import AdjusterConfig
 from core.slots import SlotTimeout
+from core.stealing import StolenWork
 from core.store import StoreError
 
 DEMO_PARALLELISM = AdjusterConfig(recovery_interval_ms=5_000, error_window_ms=15_000)
@@ -142,6 +143,7 @@ class Task:
     model: str
     seq: int
     stolen_from: str | None = None
+    stolen: StolenWork | None = None  # its claim, to mark done
 
     @property
     def id(self) -> str:
@@ -305,13 +307,13 @@ class DemoWorker:
         log.info("burst of %d new tasks (queue %d)", count, len(self.queue))
 
     def _drop_stolen(self) -> None:
-        """Forget queued entries somebody claimed (we claim ours only as we start them)."""
+        """Forget queued entries somebody else ran (one whose thief died comes back to us)."""
         if not self.queue:
             return
-        claimed = self.coordinator.claimed_entries()
-        if not claimed:
+        done = self.coordinator.done_entries()
+        if not done:
             return
-        kept = [t for t in self.queue if t.id not in claimed]
+        kept = [t for t in self.queue if t.id not in done]
         gone = len(self.queue) - len(kept)
         if gone:
             self.counters.stolen_from_me += gone
@@ -331,13 +333,14 @@ class DemoWorker:
         return max(1, min(MAX_CONCURRENT_TASKS, share))
 
     def _dispatch(self, capacity: int) -> None:
+        claimed_elsewhere = []
         while self.queue and self._running_count() < capacity:
             task = self.queue.pop(0)
             if not self.coordinator.claim_own(task.entry):
-                self.counters.stolen_from_me += 1
-                log.info("skipping %s: another instance stole it", task.id)
+                claimed_elsewhere.append(task)  # kept until done: its thief may die first
                 continue
             self._start(task)
+        self.queue[:0] = claimed_elsewhere
 
     def _steal(self, capacity: int) -> None:
         """Idle: take one entry from a busy instance (claimed exactly once fleet-wide)."""
@@ -352,7 +355,7 @@ class DemoWorker:
         self._seq += 1
         provider, model, _ = self.rng.choices(MODELS, weights=[m[2] for m in MODELS])[0]
         calls = entry.estimated_rounds if entry.estimated_rounds and 1 <= entry.estimated_rounds <= 3 else self.rng.randint(1, 3)
-        task = Task(entry, calls, provider, model, self._seq, stolen_from=stolen.owner_instance_id)
+        task = Task(entry, calls, provider, model, self._seq, stolen_from=stolen.owner_instance_id, stolen=stolen)
         self.counters.stolen_by_me += 1
         log.info("stole %s (%s, %s) from %s", entry.id, entry.tool_name, entry.priority, stolen.owner_instance_id)
         self._start(task)
@@ -377,6 +380,7 @@ class DemoWorker:
                     return
                 # "429" or "busy": try the same call again (the slot waits for the fleet's backoff)
             finished = True
+            self.coordinator.finish(task.stolen or task.entry)
         except StoreError as exc:
             log.warning("task %s: store error: %s", task.id, exc)
         except NotRegistered:

@@ -67,7 +67,7 @@ def render(snapshot: FleetSnapshot, width: int = 100) -> str:
         + (f" ({printable(snapshot.notice)})" if snapshot.notice else ""),
         (
             f"{len(snapshot.instances)} instances: {counts.get(Status.ALIVE, 0)} alive, "
-            f"{counts.get(Status.STALE, 0)} stale, {counts.get(Status.DEAD, 0)} dead, "
+            f"{counts.get(Status.STALE, 0)} stale, {counts.get(Status.STALLED, 0)} stalled, {counts.get(Status.DEAD, 0)} dead, "
             f"{counts.get(Status.CORRUPT, 0)} corrupt"
         ),
         (

@@ -118,8 +118,12 @@ def test_old_heartbeat_in_a_freshly_written_file_is_skew_not_death(root):
     clock = ManualClock(now)
     me = Coordinator(root=root, clock=clock)
     me.register(heartbeat=False)
-    skewed = me.info.model_copy(
-        update={"instance_id": "sess-skewed00-pid1-x-abcd", "last_heartbeat": utc_from_ms(now - 3_600_000)}
+    skewed = me.info.model_copy(  # on another host: only the heartbeat and the file's age can tell
+        update={
+            "instance_id": "sess-skewed00-pid1-x-abcd",
+            "last_heartbeat": utc_from_ms(now - 3_600_000),
+            "hostname": "another-host",
+        }
     )
     me.store.write(INSTANCES, skewed.instance_id, skewed.to_json())
     assert me.cleanup_dead_instances() == []
@@ -205,18 +209,29 @@ def test_queue_states_are_ignored_after_two_intervals_and_removed_after_timeout(
     assert owner.store.read(QUEUES, owner.instance_id) is None
 
 
-def test_claims_outlive_the_queue_that_offers_them(root, clock):
+def test_a_claim_lives_until_its_owner_has_learnt_it_is_done(root, clock):
     owner, thief = Coordinator(root=root, clock=clock), Coordinator(root=root, clock=clock)
     owner.register(heartbeat=False)
     thief.register(heartbeat=False)
     owner.broadcast_queue_state(5, 1, stealable_entries(owner.instance_id, clock, 3))
-    assert thief.safe_steal_work() is not None
-    clock.advance(120_000)
-    owner.heartbeat()
-    thief.heartbeat()
-    assert thief.cleanup_claims() == []  # still offered: the claim must stay
-    owner.broadcast_queue_state(5, 1, stealable_entries(owner.instance_id, clock, 3)[1:])
-    assert len(thief.cleanup_claims()) == 1
+    stolen = thief.safe_steal_work()
+    assert stolen is not None
+
+    def a_while_later() -> None:
+        clock.advance(owner.config.heartbeat_timeout_ms + owner.config.queue_fresh_ms + 1)
+        owner.heartbeat()
+        thief.heartbeat()
+
+    a_while_later()
+    assert thief.cleanup_claims() == [] and owner.cleanup_claims() == []  # running: kept
+    assert thief.finish(stolen)
+    a_while_later()
+    assert thief.cleanup_claims() == [] and owner.cleanup_claims() == []  # done, the owner does not know yet
+    assert owner.done_entries() == {stolen.entry.id}
+    assert not owner.claim_own(stolen.entry)
+    a_while_later()
+    assert thief.cleanup_claims() == []  # only the owner forgets its own entries' claims
+    assert owner.cleanup_claims() == [f"{owner.instance_id}/{stolen.entry.id}"]
 
 
 def test_config_file_and_environment_precedence(root):

@@ -28,7 +28,9 @@ def test_statuses_follow_heartbeat_age(store, root):
     now = 1_900_000_000_000
     clock = ManualClock(now)
     for name, age in [("fresh", 1_000), ("late", 31_000), ("gone", 61_000)]:
-        store.write(INSTANCES, name, _instance(name, now - age).to_json())
+        # "gone" runs on another host: only its heartbeat and its file's age can tell
+        info = _instance(name, now - age).model_copy(update={"hostname": "another-host" if name == "gone" else None})
+        store.write(INSTANCES, name, info.to_json())
     os.utime(root / "instances" / "gone.lock", (now / 1000 - 100, now / 1000 - 100))
     snapshot = SnapshotBuilder(store, clock=clock).build()
     status = {v.key: v.status for v in snapshot.instances}

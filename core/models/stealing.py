@@ -53,6 +53,9 @@ class StealClaim(Record):
 
     Created with an atomic create-if-absent, so of all the thieves (and the
     owner, which claims its own entries before running them) exactly one wins.
+    The claimant's process (pid, host, start time) is recorded so that a claim
+    whose claimant died can be told apart, and released, without its instance
+    file; ``done_at`` is set when the claimant finished the entry.
     """
 
     VERSIONED = True
@@ -63,3 +66,7 @@ class StealClaim(Record):
     claimed_by: str
     claimed_at: EpochMs
     entry: StealableQueueEntry | None = None
+    claimant_pid: int | None = None
+    claimant_hostname: str | None = None
+    claimant_started_at: int | None = None  # the claimant's process start, epoch ms
+    done_at: int | None = None

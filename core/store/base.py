@@ -12,6 +12,7 @@ and never silently dropped here.
 
 from __future__ import annotations
 
+import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass
@@ -234,6 +235,16 @@ class Store(ABC):
         entry's version is looked at).  Optional: it lets a rescan skip a space
         nothing touched."""
         return None
+
+    def now_ms(self) -> int:
+        """Now, on the clock that stamps :attr:`Blob.modified_ms` (epoch ms).
+
+        A blob's age is this minus its ``modified_ms``: both readings come from
+        one clock, so the age holds whatever the writer's or the reader's own
+        clock says.  Here the local kernel's, which stamps a local directory's
+        files; a backend whose blobs are stamped elsewhere overrides it.
+        """
+        return time.time_ns() // 1_000_000
 
     def event_log_problems(self) -> list[tuple[str, str]]:
         """``(where, reason)`` for parts of the event log that cannot be read. Optional."""

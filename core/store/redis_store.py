@@ -400,6 +400,11 @@ class RedisStore(Store):
                 self._grants_frozen_until = max(self._grants_frozen_until, frozen_until)
             self._server_token = token
 
+    def now_ms(self) -> int:
+        """The server's clock (``TIME``), which stamps every entry's modification time."""
+        seconds, micros = self._call(lambda: self._client.time())
+        return int(seconds) * 1000 + int(micros) // 1000
+
     def versions(self, space: Space) -> dict[str, Version]:
         raw = self._call(lambda: self._client.hgetall(self._versions_key(space)))
         return {k.decode("utf-8", "surrogateescape"): int(v) for k, v in raw.items()}

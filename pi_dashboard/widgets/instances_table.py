@@ -8,7 +8,7 @@ from ..text import duration, printable
 from .keyed_table import Cell, Column, KeyedTable, Row, by_value
 from .palette import status_style
 
-STATUS_ORDER = {s: n for n, s in enumerate([Status.CORRUPT, Status.DEAD, Status.STALE, Status.DRAINING, Status.ALIVE, Status.OFFLINE])}
+STATUS_ORDER = {s: n for n, s in enumerate([Status.CORRUPT, Status.DEAD, Status.STALLED, Status.STALE, Status.DRAINING, Status.ALIVE, Status.OFFLINE])}
 
 
 class InstancesTable(KeyedTable):

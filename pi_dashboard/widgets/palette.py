@@ -11,6 +11,7 @@ _STATUS_ROLE = {
     Status.ALIVE: "success",
     Status.STALE: "warning",
     Status.DEAD: "error",
+    Status.STALLED: "warning",
     Status.CORRUPT: "error",
     Status.DRAINING: "accent",
 }
@@ -25,4 +26,4 @@ def role_style(app: App, role: str, bold: bool = False) -> Style:
 def status_style(app: App, status: Status) -> Style:
     if status is Status.OFFLINE:
         return Style(dim=True, italic=True)  # gone on purpose: quieter than any live state, in every theme
-    return role_style(app, _STATUS_ROLE[status], bold=status in (Status.DEAD, Status.CORRUPT))
+    return role_style(app, _STATUS_ROLE[status], bold=status in (Status.DEAD, Status.CORRUPT, Status.STALLED))
