@@ -14,6 +14,7 @@ import pytest
 from core.clock import ManualClock, utc_from_ms
 from core.coordinator import Coordinator, NotRegistered, generate_instance_id, pid_from_instance_id
 from core.models import InstanceInfo, StealingStats
+from core.semantics import QUEUE_FRESH_MS
 from core.store import INSTANCES, QUEUES, STEALING_STATS, read_record
 from tests.helpers import stealable_entries
 
@@ -218,7 +219,7 @@ def test_a_claim_lives_until_its_owner_has_learnt_it_is_done(root, clock):
     assert stolen is not None
 
     def a_while_later() -> None:
-        clock.advance(owner.config.heartbeat_timeout_ms + owner.config.queue_fresh_ms + 1)
+        clock.advance(owner.config.heartbeat_timeout_ms + QUEUE_FRESH_MS + 1)
         owner.heartbeat()
         thief.heartbeat()
 
