@@ -19,10 +19,31 @@ from .store import BACKOFF, EntryUnreadable, Store
 
 WINDOW_MS = 300_000  # pi's error window
 MAX_KEPT = 50
-MAX_WAIT_MS = 86_400_000  # a Retry-After is honoured up to a day
-# No instance pushes the deadline further than that: one further ahead was written by
-# something else, and waiting for it would stop the model for good, so it is ignored.
-TRUSTED_AHEAD_MS = MAX_WAIT_MS + 60_000
+MAX_RETRY_AFTER_MS = 120_000
+"""The largest Retry-After a provider may send: no one 429 defers the fleet longer."""
+# No instance's clock is a day off: a deadline further ahead was written by something
+# else, and waiting for it would stop the model for good, so it is ignored.
+TRUSTED_AHEAD_MS = 86_400_000
+
+
+def honoured_until(backoff: SharedBackoff, now_ms: int, age_ms: int) -> int:
+    """The deadline an instance waits for: the record's, but at most
+    :data:`MAX_RETRY_AFTER_MS` after the record was last written (``age_ms``, by
+    the store's clock), so a writer whose clock ran hours ahead cannot hold the
+    fleet for hours; none at all when it lies over a day ahead."""
+    if _untrusted(backoff.until, now_ms):
+        return 0
+    return min(backoff.until, now_ms + max(0, MAX_RETRY_AFTER_MS - age_ms))
+
+
+def _untrusted(until: int, now_ms: int) -> bool:
+    return until > now_ms + TRUSTED_AHEAD_MS
+
+
+def deadline_skew_ms(backoff: SharedBackoff, modified_ms: int) -> int:
+    """How far the deadline lies past the latest any 429 could set when the record was
+    written (``modified_ms``, the store's clock): positive when the writer's clock ran ahead."""
+    return backoff.until - modified_ms - MAX_RETRY_AFTER_MS
 
 
 def exponential_backoff_ms(recent_429s: int) -> int:
@@ -46,22 +67,27 @@ class BackoffBoard:
             recent = tuple(e for e in current.recent429s if e.at > now - self.window_ms)
             recent = (*recent, Backoff429(at=now, instance_id=self.instance_id, retry_after_ms=retry_after_ms))[-MAX_KEPT:]
             wait = retry_after_ms if retry_after_ms is not None else exponential_backoff_ms(len(recent))
-            until = max(current.until, now + min(MAX_WAIT_MS, max(0, wait)))
+            until = max(current.until, now + min(MAX_RETRY_AFTER_MS, max(0, wait)))
             return current.model_copy(update={"until": until, "recent429s": recent}).to_json()
 
         return SharedBackoff.from_json(self.store.update(BACKOFF, build_key(provider, model), apply))
 
     def current(self, provider: str, model: str) -> SharedBackoff | None:
+        """The shared record, its deadline as :func:`honoured_until` honours it."""
         try:
             blob = self.store.read(BACKOFF, build_key(provider, model))
         except EntryUnreadable:
             return None
-        return None if blob is None else _trusted(_parse(blob.data), self.clock.now_ms())
+        shared = None if blob is None else _parse(blob.data)
+        if shared is None or shared.until <= (now := self.clock.now_ms()):
+            return shared
+        until = honoured_until(shared, now, self.store.now_ms() - blob.modified_ms)
+        return shared if until == shared.until else shared.model_copy(update={"until": until})
 
 
 def _trusted(shared: SharedBackoff | None, now_ms: int) -> SharedBackoff | None:
     """``shared``, less a deadline no instance could have set (over a day ahead)."""
-    if shared is not None and shared.until > now_ms + TRUSTED_AHEAD_MS:
+    if shared is not None and _untrusted(shared.until, now_ms):
         return shared.model_copy(update={"until": 0})
     return shared
 

@@ -21,7 +21,7 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
 
-from .backoff import MAX_WAIT_MS, BackoffBoard
+from .backoff import MAX_RETRY_AFTER_MS, BackoffBoard
 from .clock import SYSTEM_CLOCK, Clock, utc_from_ms
 from .events import EventLog
 from .parallelism import DynamicParallelismAdjuster, ParallelismChange, build_key
@@ -114,7 +114,7 @@ class SlotGate:
     def handle_429(self, provider: str, model: str, retry_after: float | None) -> None:
         if retry_after is not None and not 0 <= retry_after < math.inf:
             retry_after = None  # NaN, negative or infinite: the provider said nothing usable
-        retry_ms = None if retry_after is None else int(min(retry_after * 1000, MAX_WAIT_MS))
+        retry_ms = None if retry_after is None else int(min(retry_after * 1000, MAX_RETRY_AFTER_MS))
         shared = self.board.report_429(provider, model, retry_ms)
         key = build_key(provider, model)
         self._applied_429[key] = max(self._applied_429.get(key, 0), shared.recent429s[-1].at)

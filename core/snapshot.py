@@ -19,6 +19,7 @@ from typing import Any, BinaryIO, NamedTuple
 import pydantic_core
 
 from . import semantics
+from .backoff import MAX_RETRY_AFTER_MS, deadline_skew_ms, honoured_until
 from .clock import SYSTEM_CLOCK, Clock
 from .config import ConfigProblem, load_config
 from .events import EventLog
@@ -691,16 +692,39 @@ class SnapshotBuilder:
             views.append(ControlView(request.instance_id, request, state))
         return tuple(views)
 
+    def _skewed_deadlines(self) -> list[Problem]:
+        """429 deadlines later than any Retry-After could set when they were written."""
+        problems = []
+        for key, loaded in self._caches[BACKOFF].entries.items():
+            if loaded.record is None:
+                continue
+            skew = deadline_skew_ms(loaded.record, loaded.modified_ms)
+            if skew > CLOCK_SKEW_TOLERANCE_MS:
+                problems.append(
+                    Problem(
+                        "clock-skew",
+                        _where(BACKOFF, key),
+                        f"429 deadline set {skew // 1000} s past the longest Retry-After "
+                        f"({MAX_RETRY_AFTER_MS // 1000} s): the writer's clock is ahead; honoured for "
+                        f"{MAX_RETRY_AFTER_MS // 1000} s at most",
+                    )
+                )
+        return problems
+
     def _backoff_views(self, now: int, alive: list[InstanceInfo]) -> tuple[BackoffView, ...]:
         views = []
-        for backoff in self._caches[BACKOFF].records():
+        for loaded in self._caches[BACKOFF].entries.values():
+            backoff = loaded.record
+            if backoff is None:
+                continue
             recent = [e for e in backoff.recent429s if e.at > now - BACKOFF_WINDOW_MS]
+            until = honoured_until(backoff, now, now - loaded.modified_ms)
             views.append(
                 BackoffView(
                     backoff.provider,
                     backoff.model,
-                    backoff.until,
-                    backoff.wait_ms(now),
+                    until,
+                    max(0, until - now),
                     len(recent),
                     backoff.recent429s[-1].instance_id if backoff.recent429s else None,
                     sum(1 for i in alive if uses_model(i, backoff.provider, backoff.model)),
@@ -851,6 +875,7 @@ class SnapshotBuilder:
         problems = [Problem("config", p.where, p.message) for p in config_problems]
         problems.extend(index.entry_problems)
         problems.extend(self._strays)
+        problems.extend(self._skewed_deadlines())
 
         timeout = config.heartbeat_timeout_ms
         stale_after = 2 * config.heartbeat_interval_ms
