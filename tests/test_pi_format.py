@@ -491,7 +491,10 @@ def test_registered_coordinator_joins_the_fleet(fleet: Path) -> None:
 
 
 def test_enhanced_heartbeat_cleans_what_pi_would(fleet: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """pi's cleanup by age: E (90 s), E's queue (75 s > timeout), the expired lock; nothing else."""
+    """pi's cleanup by age: E's queue (75 s > timeout) and the expired lock; nothing else.
+
+    pi would delete E too (heartbeat 90 s old), but its pid runs: a process that is
+    running is stalled, not gone, and keeps its file (README, "stalled")."""
     real_check = core.procs.check
 
     def fixture_pids_run(pid: int, **kwargs: Any) -> Liveness:
@@ -502,7 +505,7 @@ def test_enhanced_heartbeat_cleans_what_pi_would(fleet: Path, monkeypatch: pytes
     coord = Coordinator(DirectoryStore(fleet), clock=ManualClock(now_ms=NOW))
     me = coord.register(session_id="0badc0de00000000", heartbeat=False).instance_id
     coord.enhanced_heartbeat()
-    assert sorted(p.stem for p in (fleet / "instances").iterdir()) == sorted([A, B, C, D, me])
+    assert sorted(p.stem for p in (fleet / "instances").iterdir()) == sorted([A, B, C, D, E, me])
     assert sorted(p.stem for p in (fleet / "queue-states").iterdir()) == sorted([A, B, C, D])
     assert [p.name for p in (fleet / "locks").iterdir()] == [f"steal_{A}.lock"]
     for rel in [f"instances/{i}.lock" for i in (A, B, C, D)] + [f"queue-states/{i}.json" for i in (A, B, C, D)]:
