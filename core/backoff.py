@@ -40,10 +40,10 @@ def _untrusted(until: int, now_ms: int) -> bool:
     return until > now_ms + TRUSTED_AHEAD_MS
 
 
-def deadline_skew_ms(backoff: SharedBackoff, modified_ms: int) -> int:
-    """How far the deadline lies past the latest any 429 could set when the record was
-    written (``modified_ms``, the store's clock): positive when the writer's clock ran ahead."""
-    return backoff.until - modified_ms - MAX_RETRY_AFTER_MS
+def deadline_skew_ms(backoff: SharedBackoff, now_ms: int) -> int:
+    """How far the deadline lies past the latest any 429 could set now: positive when
+    the writer's clock ran ahead of ours."""
+    return backoff.until - now_ms - MAX_RETRY_AFTER_MS
 
 
 def exponential_backoff_ms(recent_429s: int) -> int:

@@ -652,10 +652,8 @@ class Coordinator:
             if instance_id == self.instance_id:
                 return False
             loaded = instances.get(instance_id)
-            if loaded is None:
-                return None  # no file: unregistered, or removed as dead
-            if loaded.record is None:
-                return False  # unreadable: not ours to judge
+            if loaded is None or loaded.record is None:
+                return None  # no (readable) file: unregistered, removed as dead, or damaged
             return self._is_dead(loaded.record, loaded.modified_ms, now)
 
         def settles_own_claims(instance_id: str) -> bool:

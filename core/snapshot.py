@@ -692,13 +692,13 @@ class SnapshotBuilder:
             views.append(ControlView(request.instance_id, request, state))
         return tuple(views)
 
-    def _skewed_deadlines(self) -> list[Problem]:
-        """429 deadlines later than any Retry-After could set when they were written."""
+    def _skewed_deadlines(self, now: int) -> list[Problem]:
+        """429 deadlines later than any Retry-After could set now."""
         problems = []
         for key, loaded in self._caches[BACKOFF].entries.items():
             if loaded.record is None:
                 continue
-            skew = deadline_skew_ms(loaded.record, loaded.modified_ms)
+            skew = deadline_skew_ms(loaded.record, now)
             if skew > CLOCK_SKEW_TOLERANCE_MS:
                 problems.append(
                     Problem(
@@ -875,7 +875,7 @@ class SnapshotBuilder:
         problems = [Problem("config", p.where, p.message) for p in config_problems]
         problems.extend(index.entry_problems)
         problems.extend(self._strays)
-        problems.extend(self._skewed_deadlines())
+        problems.extend(self._skewed_deadlines(now))
 
         timeout = config.heartbeat_timeout_ms
         stale_after = 2 * config.heartbeat_interval_ms

@@ -381,7 +381,7 @@ class RedisStore(Store):
 
     # ------------------------------------------------------------- reading
     def check(self) -> None:
-        self._observe_server()
+        self._call(lambda: self._client.info("server"))
 
     def _observe_server(self) -> None:
         """Adopt the server's token, then judge the server (see "Restarts" above).
