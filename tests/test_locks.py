@@ -81,3 +81,15 @@ def test_cleanup_removes_expired_locks_only(store, clock):
     cache.refresh()
     assert service.cleanup_expired(cache.entries) == ["short"]
     assert store.read(LOCKS, "long") is not None
+
+
+def test_a_refused_acquisition_changes_nothing_in_the_directory(store, clock, root, monkeypatch):
+    """Contenders retrying a held lock must not slow its holder: no temporary file, no link."""
+    mine = LockService(store, "a", clock).try_acquire("r", ttl_ms=30_000)
+    changes: list[str] = []
+    for name in ("link", "unlink", "replace"):
+        real = getattr(os, name)
+        monkeypatch.setattr(os, name, lambda *args, _real=real, _name=name, **kw: changes.append(_name) or _real(*args, **kw))
+    assert LockService(store, "b", clock).try_acquire("r") is None
+    assert changes == [] and sorted(p.name for p in (root / "locks").iterdir()) == ["r.lock"]
+    assert LockService(store, "a", clock).release(mine)

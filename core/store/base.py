@@ -176,8 +176,14 @@ class Store(ABC):
         return found
 
     @abstractmethod
-    def write(self, space: Space, key: str, data: bytes, *, durable: bool = True) -> None:
-        """Replace the blob atomically: readers see the old or the new bytes, never a mix."""
+    def write(self, space: Space, key: str, data: bytes, *, durable: bool = False) -> None:
+        """Replace the blob atomically: readers see the old or the new bytes, never a mix.
+
+        Not durable across a power cut unless ``durable`` (an ``fsync``, milliseconds
+        on a busy disk, which also stalls every other process's directory changes
+        until the journal commits): runtime records die with the processes they
+        describe, so they need atomicity, not durability.
+        """
 
     @abstractmethod
     def create(self, space: Space, key: str, data: bytes) -> bool:

@@ -113,6 +113,18 @@ def encode_key(key: str) -> str:
     )
 
 
+@lru_cache(maxsize=65536)
+def _key_of_stem(stem: str) -> str | None:
+    """The key a file name stem of pi-dash's folders spells, if any (remembered: every
+    rescan meets the same names)."""
+    try:
+        key = decode_key(stem)
+    except (ValueError, UnicodeDecodeError):
+        return None
+    # Only the one canonical spelling names a key: "%41" is not "A".
+    return key if encode_key(key) == stem else None
+
+
 def decode_key(name: str) -> str:
     raw = bytearray()
     i = 0
@@ -185,6 +197,7 @@ class DirectoryStore(Store):
         self._fd_pid = os.getpid()
         self._thread_locks = [threading.Lock() for _ in range(THREAD_STRIPES)]
         self._made_dirs: set[str] = set()
+        self._strays: dict[Space, tuple[Version | None, list[str]]] = {}  # per space, with its listing token
         self._in_place_fds: dict[str, int] = {}
         self._slots_written: dict[str, tuple[int, bytes]] = {}  # path -> our last (sequence, payload)
 
@@ -217,12 +230,7 @@ class DirectoryStore(Store):
             return None
         if space.verbatim or _HASHED_STEM.fullmatch(stem):
             return stem
-        try:
-            key = decode_key(stem)
-        except (ValueError, UnicodeDecodeError):
-            return None
-        # Only the one canonical spelling names a key: "%41" is not "A".
-        return key if encode_key(key) == stem else None
+        return _key_of_stem(stem)
 
     def layout_notice(self) -> str | None:
         """A directory with things in it but none that pi or pi-dash writes is not a
@@ -242,12 +250,16 @@ class DirectoryStore(Store):
         files) are ignored, and pi's own folders are not judged at all."""
         if space.verbatim:
             return []
+        token = self.listing_token(space)
+        known = self._strays.get(space)
+        if token is not None and known is not None and known[0] == token:
+            return list(known[1])  # no name added or removed since they were judged
         try:
             names = os.listdir(self._dir(space))
         except OSError:
             return []
         nested = {s.name.rpartition("/")[2] for s in ALL_SPACES if s.name.startswith(space.name + "/")}
-        return sorted(
+        found = sorted(
             name
             for name in names
             if not name.startswith(".")
@@ -255,6 +267,8 @@ class DirectoryStore(Store):
             and name not in nested
             and self._key_of(space, name) is None
         )
+        self._strays[space] = (token, found)
+        return found
 
     def _ensure_dir(self, path: str) -> None:
         if path in self._made_dirs:
@@ -537,7 +551,7 @@ class DirectoryStore(Store):
             _unlink_quietly(temp)
             raise StoreError(f"cannot replace {path}: {_describe_open_error(exc)}") from None
 
-    def write(self, space: Space, key: str, data: bytes, *, durable: bool = True) -> None:
+    def write(self, space: Space, key: str, data: bytes, *, durable: bool = False) -> None:
         self._writable(f"write of {space.name}/{key}")
         if space.in_place:
             self.update(space, key, lambda _: data)
@@ -565,6 +579,16 @@ class DirectoryStore(Store):
         filename = self._filename(space, key)
         temp = self._stage(directory, filename, data, durable=False)
         return self._publish(temp, os.path.join(directory, filename), None)
+
+    def create_or_read(self, space: Space, key: str, data: bytes) -> Blob | None:
+        """Looks first: a held lock is refused with one read and no change to the
+        directory.  Creating stages a temporary file and links it (three changes to
+        the directory, each waiting on its lock and the file system's journal), so
+        processes retrying a held lock slowed its holder's release and one another."""
+        held = self.read(space, key)
+        if held is not None:
+            return held
+        return super().create_or_read(space, key, data)
 
     def replace_if(self, space: Space, key: str, expected: bytes, data: bytes) -> bool:
         self._writable(f"replace of {space.name}/{key}")

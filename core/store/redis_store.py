@@ -468,7 +468,7 @@ class RedisStore(Store):
         self._call(lambda: self._client.set(f"{self.prefix}:config", data))
 
     # ------------------------------------------------------------- writing
-    def write(self, space: Space, key: str, data: bytes, *, durable: bool = True) -> None:
+    def write(self, space: Space, key: str, data: bytes, *, durable: bool = False) -> None:
         self._mutate("write", space, key, data)
 
     def create(self, space: Space, key: str, data: bytes) -> bool:

@@ -92,7 +92,7 @@ class ProxyStore(Store):
     def read_all(self, space):
         return self._call("read_all", space)
 
-    def write(self, space, key, data, *, durable=True):
+    def write(self, space, key, data, *, durable=False):
         return self._call("write", space, key, data, durable=durable)
 
     def create(self, space, key, data):
