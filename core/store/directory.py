@@ -585,6 +585,7 @@ class DirectoryStore(Store):
         directory.  Creating stages a temporary file and links it (three changes to
         the directory, each waiting on its lock and the file system's journal), so
         processes retrying a held lock slowed its holder's release and one another."""
+        self._writable(f"create of {space.name}/{key}")
         held = self.read(space, key)
         if held is not None:
             return held
