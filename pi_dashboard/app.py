@@ -22,18 +22,19 @@ from textual.widgets import Footer, Input, Static
 
 from core.alerts import FIRING, AlertRules, AlertState, evaluate
 from core.clock import SYSTEM_CLOCK, Clock
-from core.control import FleetControl
-from core.snapshot import FleetSnapshot, InstanceView, Status
+from core.control import ActionResult, FleetControl
+from core.snapshot import FleetSnapshot, InstanceView, Problem, Status
 from core.store import Store
 
 from .alerting import AlertSinks
 from .actions import FLEET_CHANGING, SECONDARY_PANES, bindings, offered
+from .messages import ActionDone, ActionFailed, RecordUnshown
 from .prefs import load_prefs, save_prefs
 from .screens.confirm import ConfirmScreen
 from .screens.details import DetailsScreen
 from .screens.help import HelpScreen
 from .source import DEBOUNCE_MS, FleetSource, SourceState
-from .text import printable
+from .text import UserText
 from .theme_files import load_themes
 from .widgets.backoff_table import BackoffTable
 from .widgets.event_log import EventLogView
@@ -45,6 +46,7 @@ from .widgets.problems_panel import ProblemsPanel
 from .widgets.queue_chart import QueueChart
 from .widgets.steal_stats import StealStats
 
+OWN_PROBLEMS_KEPT = 100
 COMPACT_WIDTH = 120
 COMPACT_HEIGHT = 34
 DEFAULT_THEME = "pi-dark"
@@ -118,6 +120,8 @@ class PiDashApp(App[None]):
         self.prefs = load_prefs()
         self._asked_theme = theme
         self._remember = remember
+        # The dashboard's own problems (records it could not show, actions that failed), newest last.
+        self.own_problems: dict[str, Problem] = {}
 
     @property
     def read_only(self) -> bool:
@@ -223,16 +227,35 @@ class PiDashApp(App[None]):
         self._show_empty(state, snapshot)
         if snapshot is None:
             return
-        for pane in (InstancesTable, ParallelismTable, BackoffTable, QueueChart, StealStats, LocksTable, EventLogView, ProblemsPanel):
-            self.query_one(pane).show(snapshot)
+        for pane in (InstancesTable, ParallelismTable, BackoffTable, QueueChart, StealStats, LocksTable, EventLogView):
+            try:
+                self.query_one(pane).show(snapshot)
+            except Exception as exc:  # the last guard: the pane keeps what it showed, the app goes on
+                self._own_problem("unshown", UserText(f"pane {pane.__name__}"), UserText(f"{type(exc).__name__}: {exc}"))
+        self._show_problems()
+
+    def _show_problems(self) -> None:
+        if self.snapshot is not None:
+            self.query_one(ProblemsPanel).show(self.snapshot, list(reversed(self.own_problems.values())))
+
+    def _own_problem(self, kind: str, where: UserText, message: UserText) -> None:
+        """A problem of the dashboard's own, listed first in the problems pane until it quits."""
+        self.own_problems.pop(where.raw, None)
+        self.own_problems[where.raw] = Problem(kind, where.raw, message.raw)
+        while len(self.own_problems) > OWN_PROBLEMS_KEPT:
+            del self.own_problems[next(iter(self.own_problems))]
+        if self.is_mounted:  # widgets post while the first frame is being built
+            self._show_problems()
+
+    def on_record_unshown(self, message: RecordUnshown) -> None:
+        self._own_problem("unshown", message.where, message.reason)
 
     def _show_empty(self, state: SourceState, snapshot: FleetSnapshot | None) -> None:
         empty = self.query_one("#empty", Static)
         nobody = snapshot is None or not snapshot.instances
         empty.display = nobody
         if nobody:
-            where = printable(self.store.describe())
-            text = Text(f"No pi fleet in {where}. ", style="bold")
+            text = Text(f"No pi fleet in {UserText(self.store.describe())}. ", style="bold")
             text.append("Start pi here, point --root / PI_RUNTIME_DIR elsewhere")
             if self._start_demo is not None:
                 text.append(", or press ")
@@ -270,8 +293,30 @@ class PiDashApp(App[None]):
     def _note(self, kind: str, message: str) -> None:
         self.query_one(EventLogView).note(kind, message, self.clock.now_ms())
 
-    def _after_action(self, ok: bool, message: str) -> None:
-        self.notify(printable(message), severity="information" if ok else "warning", markup=False)
+    def _run_action(self, action: str, call: Callable[[], ActionResult]) -> None:
+        """Run ``call`` (store work: it may block or fail) in a worker; its result comes back as a message."""
+
+        def work() -> None:
+            try:
+                result = call()
+            except Exception as exc:  # the store failed (Redis gone, disk full...): reported, never an exit
+                self.post_message(ActionFailed(action, UserText(f"{type(exc).__name__}: {exc}")))
+            else:
+                self.post_message(ActionDone(action, result))
+
+        self.run_worker(work, name=action, group="actions", thread=True, exit_on_error=False)
+
+    def on_action_done(self, message: ActionDone) -> None:
+        result = message.result
+        self.notify(UserText(result.message).shown, severity="information" if result.done else "warning", markup=False)
+        self._refresh_after_action()
+
+    def on_action_failed(self, message: ActionFailed) -> None:
+        self.notify(f"{message.action} failed: {message.reason}", severity="error", markup=False, timeout=10)
+        self._own_problem("action-failed", UserText(message.action), message.reason)
+        self._refresh_after_action()
+
+    def _refresh_after_action(self) -> None:
         self.source.refresh()
         if not self.live:
             self._render_state(self.source.build_now())
@@ -295,33 +340,29 @@ class PiDashApp(App[None]):
         if view is None or view.info is None or view.status in (Status.DEAD, Status.OFFLINE, Status.DRAINING):
             self.notify("Select a live instance to drain.", severity="warning")
             return
-        question = Text("Drain ")
-        question.append(printable(view.instance_id), style="bold")
-        question.append("?\nIt finishes its current work, takes and steals nothing new, then goes offline.")
+        instance = UserText(view.instance_id)
+        question = ("Drain ", instance, "?\nIt finishes its current work, takes and steals nothing new, then goes offline.")
 
         def answered(yes: bool | None) -> None:
             if yes:
-                result = self.control.request_drain(view.instance_id)
-                self._after_action(result.done, result.message)
+                self._run_action(f"drain {instance}", lambda: self.control.request_drain(view.instance_id))
 
-        self.push_screen(ConfirmScreen(question), answered)
+        self.push_screen(ConfirmScreen(*question), answered)
 
     def action_remove(self) -> None:
         view = self._selected_instance()
         if view is None or view.status not in (Status.DEAD, Status.CORRUPT) or view.raw is None:
             self.notify("Only a dead or corrupt instance's files can be removed.", severity="warning")
             return
-        question = Text("Remove the files of ")
-        question.append(printable(view.instance_id), style="bold")
-        question.append(f" ({view.status.value})?\nNothing is removed if its file changed since it was seen.")
+        instance = UserText(view.instance_id)
+        question = ("Remove the files of ", instance, f" ({view.status.value})?\nNothing is removed if its file changed since it was seen.")
         seen = view.raw
 
         def answered(yes: bool | None) -> None:
             if yes:
-                result = self.control.remove_instance_files(view.key, seen)
-                self._after_action(result.done, result.message)
+                self._run_action(f"remove {instance}", lambda: self.control.remove_instance_files(view.key, seen))
 
-        self.push_screen(ConfirmScreen(question), answered)
+        self.push_screen(ConfirmScreen(*question), answered)
 
     def action_release_lock(self) -> None:
         table = self.query_one(LocksTable)
@@ -330,18 +371,14 @@ class PiDashApp(App[None]):
             self.notify("Select a lock in the locks pane first (key 6 on small terminals).", severity="warning")
             return
         lock = view.lock
-        question = Text("Release lock ")
-        question.append(printable(lock.resource), style="bold")
-        question.append(" held by ")
-        question.append(printable(lock.holder), style="bold")
-        question.append("?\nOnly this very lock is removed: if it changed hands meanwhile, nothing is.")
+        resource = UserText(lock.resource)
+        question = ("Release lock ", resource, " held by ", UserText(lock.holder), "?\nOnly this very lock is removed: if it changed hands meanwhile, nothing is.")
 
         def answered(yes: bool | None) -> None:
             if yes:
-                result = self.control.release_lock(lock)
-                self._after_action(result.done, result.message)
+                self._run_action(f"release {resource}", lambda: self.control.release_lock(lock))
 
-        self.push_screen(ConfirmScreen(question), answered)
+        self.push_screen(ConfirmScreen(*question), answered)
 
     def action_toggle_pause(self) -> None:
         self.paused = not self.paused

@@ -23,7 +23,7 @@ from core.store.choice import redis_url
 
 from . import __version__
 from .status_report import render, render_limits
-from .text import printable
+from .text import UserText, printable, valid_unicode
 
 if TYPE_CHECKING:
     from textual.pilot import Pilot
@@ -32,12 +32,19 @@ if TYPE_CHECKING:
 
     from .demo import DemoFleet
 
-EXIT_UNAVAILABLE = 2
+EXIT_FAILED = 1
 EXIT_USAGE = 2
+EXIT_PIPE_CLOSED = 128 + signal.SIGPIPE  # what a shell reports for a writer killed by SIGPIPE
+WRITE_CHUNK = 65536
+JSON = dict | list | str | int | float | bool | None
 
 
 class UsageError(Exception):
     """An ordinary mistake on the command line: said in one line, exit status 2."""
+
+
+class Failed(Exception):
+    """The command could not do its job (not the user's mistake): one line, exit status 1."""
 
 
 class _Parser(argparse.ArgumentParser):
@@ -203,16 +210,43 @@ def _theme(args: argparse.Namespace) -> str | None:
     return name
 
 
-def _snapshot(args: argparse.Namespace) -> FleetSnapshot | None:
+def _snapshot(args: argparse.Namespace) -> FleetSnapshot:
     at = getattr(args, "at", None)
-    try:
-        store = _store(args)
-        if at is not None:
-            return SnapshotBuilder(store, clock=ManualClock(now_ms=at), check_pids=False).build()
-        return SnapshotBuilder(store).build()
-    except StoreError as exc:
-        print(f"pi-dash: cannot read the fleet: {exc}", file=sys.stderr)
-        return None
+    store = _store(args)
+    if at is not None:
+        return SnapshotBuilder(store, clock=ManualClock(now_ms=at), check_pids=False).build()
+    return SnapshotBuilder(store).build()
+
+
+def _valid(value: JSON) -> JSON:
+    """``value`` with every string (keys too) encodable as UTF-8 (file names may not be)."""
+    if isinstance(value, str):
+        return valid_unicode(value)
+    if isinstance(value, dict):
+        return {valid_unicode(str(k)): _valid(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_valid(v) for v in value]
+    return value
+
+
+def _write(data: bytes) -> None:
+    """``data`` to stdout in pieces: one huge write into a pipe its reader closed
+    can end short without raising, and the output would silently stop."""
+    sys.stdout.flush()
+    out = sys.stdout.buffer
+    for start in range(0, len(data), WRITE_CHUNK):
+        out.write(data[start : start + WRITE_CHUNK])
+    out.flush()
+
+
+def _print(text: str) -> None:
+    """A report in the locale's encoding; what it cannot encode is written as an escape."""
+    _write((text + "\n").encode(sys.stdout.encoding or "utf-8", "backslashreplace"))
+
+
+def _print_json(document: JSON) -> None:
+    """JSON as UTF-8 bytes whatever the locale (RFC 8259), non-ASCII text as itself."""
+    _write((json.dumps(_valid(document), indent=2, ensure_ascii=False) + "\n").encode("utf-8"))
 
 
 def cmd_limits(args: argparse.Namespace) -> int:
@@ -221,23 +255,17 @@ def cmd_limits(args: argparse.Namespace) -> int:
     from core.provider_config import config_path, load_settings
 
     snapshot = _snapshot(args)
-    if snapshot is None:
-        return EXIT_UNAVAILABLE
     settings = load_settings(args.config or config_path())
     rows = provider_limits(settings, snapshot, args.provider)
     if args.json:
-        document = {"providers": [row.to_dict() for row in rows], "problems": list(settings.problems)}
-        json.dump(document, sys.stdout, indent=2, ensure_ascii=False)
-        sys.stdout.write("\n")
+        _print_json({"providers": [row.to_dict() for row in rows], "problems": list(settings.problems)})
     else:
-        print(render_limits(rows, settings.problems))
-    return 0 if rows else 1
+        _print(render_limits(rows, settings.problems))
+    return 0 if rows else EXIT_FAILED
 
 
 def cmd_status(args: argparse.Namespace) -> int:
     snapshot = _snapshot(args)
-    if snapshot is None:
-        return EXIT_UNAVAILABLE
     if getattr(args, "json", False):
         binary = getattr(sys.stdout, "buffer", None)
         if binary is None:  # a text stream (stdout redirected inside a program): give it text
@@ -250,7 +278,7 @@ def cmd_status(args: argparse.Namespace) -> int:
             binary.write(b"\n")
             binary.flush()
     else:
-        print(render(snapshot, width=shutil.get_terminal_size((100, 24)).columns))
+        _print(render(snapshot, width=shutil.get_terminal_size((100, 24)).columns))
     return 0
 
 
@@ -359,7 +387,7 @@ def cmd_dashboard(args: argparse.Namespace, demo_now: bool = False) -> int:
         sinks.close()
     finally:
         launcher.stop()
-    return 0
+    return app.return_code or 0  # non-zero when the app stopped on an error (Textual said which)
 
 
 def cmd_snapshot(args: argparse.Namespace) -> int:
@@ -374,7 +402,8 @@ def cmd_snapshot(args: argparse.Namespace) -> int:
         raise UsageError(f"cannot write {output}: {folder} is not writable")
     theme = _theme(args)
     launcher = _DemoLauncher(read_only=read_only)
-    written: list[str] = []
+    refused: list[str] = []
+    written: list[Path] = []
     try:
         store = launcher() if args.demo else _store(args, read_only)
         app = PiDashApp(store, live=args.after > 0, theme=theme)
@@ -382,36 +411,67 @@ def cmd_snapshot(args: argparse.Namespace) -> int:
         async def capture(pilot: Pilot[None]) -> None:
             await pilot.pause(args.after)
             try:
-                app.save_screenshot(filename=output.name, path=str(folder.resolve()))
+                written.append(Path(app.save_screenshot(filename=output.name, path=str(folder.resolve()))))
             except OSError as exc:
-                written.append(f"cannot write {output}: {exc.strerror or exc}")
+                refused.append(f"cannot write {output}: {exc.strerror or exc}")
             app.exit()
 
         app.run(headless=True, size=(args.width, args.height), auto_pilot=capture)
     finally:
         launcher.stop()
-    if written:
-        raise UsageError(written[0])
-    print(f"wrote {output}")
+    if refused:
+        raise UsageError(refused[0])
+    if app.return_code or not written:
+        # The app failed (Textual said why above): a frame of a failed app is no snapshot.
+        for path in written:
+            path.unlink(missing_ok=True)
+        raise Failed(f"no snapshot written: the dashboard stopped with status {app.return_code}")
+    _print(f"wrote {UserText(str(output))}")
     return 0
 
 
+def _run(args: argparse.Namespace) -> int:
+    if args.command == "limits":
+        return cmd_limits(args)
+    if args.command == "status":
+        return cmd_status(args)
+    if args.command == "snapshot":
+        return cmd_snapshot(args)
+    if args.command == "why":
+        return cmd_why(args)
+    if args.command == "metrics":
+        return cmd_metrics(args)
+    if args.command == "watch":
+        return cmd_watch(args)
+    return cmd_dashboard(args, demo_now=args.command == "demo")
+
+
+def _fail(message: str) -> None:
+    print(f"pi-dash: {UserText(message)}", file=sys.stderr)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    """Exit 0 when the command did its job; otherwise one line on stderr and a non-zero status."""
+    if isinstance(sys.stderr, io.TextIOWrapper):
+        sys.stderr.reconfigure(errors="backslashreplace")  # a message the locale cannot encode still gets out
     args = _parser().parse_args(argv)
     try:
-        if args.command == "limits":
-            return cmd_limits(args)
-        if args.command == "status":
-            return cmd_status(args)
-        if args.command == "snapshot":
-            return cmd_snapshot(args)
-        if args.command == "why":
-            return cmd_why(args)
-        if args.command == "metrics":
-            return cmd_metrics(args)
-        if args.command == "watch":
-            return cmd_watch(args)
-        return cmd_dashboard(args, demo_now=args.command == "demo")
-    except (UsageError, StoreError) as exc:
-        print(f"pi-dash: {exc}", file=sys.stderr)
+        return _run(args)
+    except UsageError as exc:
+        _fail(str(exc))
         return EXIT_USAGE
+    except StoreError as exc:
+        _fail(f"cannot read the fleet: {exc}")
+        return EXIT_USAGE
+    except Failed as exc:
+        _fail(str(exc))
+        return EXIT_FAILED
+    except BrokenPipeError:
+        # The reader went away (``| head``): stop quietly; flushing at exit must not fail again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_PIPE_CLOSED
+    except KeyboardInterrupt:
+        return 128 + signal.SIGINT
+    except Exception as exc:  # a failure nothing above foresaw: still one line, not a traceback
+        _fail(f"failed: {type(exc).__name__}: {exc}")
+        return EXIT_FAILED

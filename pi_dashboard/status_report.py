@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 
 from core.snapshot import FleetSnapshot, InstanceView, Status
 
-from .text import clip, clip_left, clock_datetime, clock_zone, duration, printable
+from .text import UserText, clip, clip_left, clock_datetime, clock_zone, duration
 
 if TYPE_CHECKING:
     from core.limits_view import ProviderLimits
@@ -37,10 +37,15 @@ def _maybe(value: int | None) -> str:
     return "-" if value is None else str(value)
 
 
+def _shown(text: str) -> str:
+    """User text as this report prints it: the escaped spelling of :class:`UserText`."""
+    return UserText(text).shown
+
+
 def _models(view: InstanceView) -> str:
     if view.info is None or not view.info.active_models:
         return "-"
-    return ", ".join(printable(f"{m.provider}/{m.model}") for m in view.info.active_models)
+    return ", ".join(_shown(f"{m.provider}/{m.model}") for m in view.info.active_models)
 
 
 def _steals_line(snapshot: FleetSnapshot) -> str:
@@ -63,8 +68,8 @@ def render(snapshot: FleetSnapshot, width: int = 100) -> str:
     taken = f"{clock_datetime(snapshot.taken_at_ms)} {clock_zone(snapshot.taken_at_ms)}"
     stealing = snapshot.stealing
     lines = [
-        f"pi fleet in {printable(snapshot.source)} at {taken}"
-        + (f" ({printable(snapshot.notice)})" if snapshot.notice else ""),
+        f"pi fleet in {_shown(snapshot.source)} at {taken}"
+        + (f" ({_shown(snapshot.notice)})" if snapshot.notice else ""),
         (
             f"{len(snapshot.instances)} instances: {counts.get(Status.ALIVE, 0)} alive, "
             f"{counts.get(Status.STALE, 0)} stale, {counts.get(Status.STALLED, 0)} stalled, {counts.get(Status.DEAD, 0)} dead, "
@@ -80,12 +85,12 @@ def render(snapshot: FleetSnapshot, width: int = 100) -> str:
     ]
     if figures.steal_work is not None or figures.steal_candidate is not None:
         entry = figures.steal_work
-        pick = f"{printable(entry.id)} ({printable(entry.priority)}) of {printable(entry.instance_id)}" if entry else "nothing"
-        lines.append(f"pi's thieves would take {pick}; busiest: {printable(figures.steal_candidate or '-')}")
+        pick = f"{_shown(entry.id)} ({_shown(entry.priority)}) of {_shown(entry.instance_id)}" if entry else "nothing"
+        lines.append(f"pi's thieves would take {pick}; busiest: {_shown(figures.steal_candidate or '-')}")
     if snapshot.instances:
         rows = [
             [
-                printable(v.instance_id),
+                _shown(v.instance_id),
                 str(v.info.pid) if v.info else "-",
                 v.status.value,
                 ("yes" if v.honours_claims else "no") if v.info else "-",
@@ -93,21 +98,21 @@ def render(snapshot: FleetSnapshot, width: int = 100) -> str:
                 str(v.pending) if v.info else "-",
                 str(v.parallel_limit) if v.parallel_limit is not None else "-",
                 _models(v),
-                printable(v.info.cwd) if v.info else "-",
+                _shown(v.info.cwd) if v.info else "-",
             ]
             for v in sorted(snapshot.instances, key=lambda v: v.key)
         ]
         lines += ["", *_table(["INSTANCE", "PID", "STATUS", "CLAIMS", "BEAT", "PEND", "LIMIT", "MODELS", "CWD"], rows, width, 8, keep_end=True)]
     if snapshot.models:
         rows = [
-            [printable(f"{m.provider}/{m.model}"), str(m.instance_count), _maybe(m.matching_instances), _maybe(m.parallel_limit)]
+            [_shown(f"{m.provider}/{m.model}"), str(m.instance_count), _maybe(m.matching_instances), _maybe(m.parallel_limit)]
             for m in snapshot.models
         ]
         lines += ["", *_table(["MODEL", "USED BY", "PI COUNTS", "LIMIT"], rows, width, 0)]
     if snapshot.queues:
         rows = [
             [
-                printable(q.instance_id),
+                _shown(q.instance_id),
                 str(q.state.pending_task_count),
                 str(len(q.state.stealable_entries)),
                 str(q.claimed_entries),
@@ -119,8 +124,8 @@ def render(snapshot: FleetSnapshot, width: int = 100) -> str:
     if snapshot.locks:
         rows = [
             [
-                printable(lv.resource),
-                printable(lv.lock.holder) if lv.lock else "?",
+                _shown(lv.resource),
+                _shown(lv.lock.holder) if lv.lock else "?",
                 duration(lv.age_ms),
                 "expired" if lv.expired else duration(lv.ttl_left_ms),
             ]
@@ -129,7 +134,7 @@ def render(snapshot: FleetSnapshot, width: int = 100) -> str:
         lines += ["", *_table(["LOCK", "HOLDER", "AGE", "TTL LEFT"], rows, width, 0)]
     if snapshot.problems:
         lines += ["", f"{len(snapshot.problems)} problem(s):"]
-        lines += [clip(f"  ! {printable(str(p))}", width) for p in snapshot.problems]
+        lines += [clip(f"  ! {_shown(str(p))}", width) for p in snapshot.problems]
     return "\n".join(lines)
 
 
@@ -144,23 +149,23 @@ def render_limits(rows: Sequence[ProviderLimits], problems: Sequence[str] = ()) 
         effective = row.effective_requests_per_minute
         adapted = "" if effective == row.requests_per_minute else f" (effective {_number(effective)} after 429s)"
         lines += [
-            f"Provider: {printable(row.provider)}",
+            f"Provider: {_shown(row.provider)}",
             f"  Requests/minute: {_number(row.requests_per_minute)}{adapted}",
             f"  Burst: {row.burst}",
             f"  Current usage: {row.used_last_minute}/{_number(effective)}",
         ]
         for model, rpm, burst in row.model_limits:
-            lines.append(f"  Model {printable(model)}: {_number(rpm)}/minute" + (f", burst {burst}" if burst else ""))
+            lines.append(f"  Model {_shown(model)}: {_number(rpm)}/minute" + (f", burst {burst}" if burst else ""))
         active = [b for b in row.backoffs if b.active]
         if not active:
             lines.append("  Backoff: none")
         for backoff in active:
             lines.append(
-                f"  Backoff: {printable(backoff.model)} for {duration(backoff.remaining_ms)} more "
+                f"  Backoff: {_shown(backoff.model)} for {duration(backoff.remaining_ms)} more "
                 f"({backoff.recent429s} 429s in 5 min, {backoff.instances_waiting} instance(s) waiting)"
             )
         lines.append("")
     if not rows:
         lines.append("No such provider.")
-    lines += [f"! {printable(p)}" for p in problems]
+    lines += [f"! {_shown(p)}" for p in problems]
     return "\n".join(lines).rstrip()

@@ -1,28 +1,136 @@
-"""Turning user-supplied text (ids, paths, model names) into safe terminal text."""
+"""User text, made safe once: :class:`UserText`, and the small formatters the panes share.
+
+Everything the fleet's files hold (ids, paths, model names, event kinds and
+messages, unknown key names, problem text) was written by processes that are
+not ours.  It enters the dashboard and the command line as a ``UserText``,
+which can only be shown as literal text: never parsed as Rich markup, every
+control, format (bidi) and separator character shown as a visible escape, and
+a file name's undecodable bytes (surrogate escapes) as ``\\xNN``.  Widgets and
+screens take user text only in this form, so no call site has to remember to
+escape it.  (``str()`` of one is its escaped spelling, and Rich's ``Text``
+never parses markup, so ``Text(f"... {user} ...")`` is literal too; a plain
+``str`` handed to a Table or a Static would be parsed: hand those a ``Text``.)
+"""
 
 from __future__ import annotations
 
+import math
 from datetime import datetime
 
+from rich.cells import cell_len
+from rich.style import Style
+from rich.text import Text
 
-def printable(text: str) -> str:
-    """``text`` with control characters shown as escapes, never sent to the terminal.
+# Undecodable bytes of a file name come back from os.fsdecode / surrogateescape as these.
+_SURROGATE_BYTES = range(0xDC80, 0xDD00)
+TIME_OUT_OF_RANGE = "⚠ bad time"
 
-    Instance ids, cwd and model names come from files anyone can write; an
-    embedded escape sequence must not recolour, move or clear the terminal.
+
+def _escape(ch: str) -> str:
+    code = ord(ch)
+    if code in _SURROGATE_BYTES:
+        return f"\\x{code - 0xDC00:02x}"  # the byte the file name really holds
+    if code < 0x100:
+        return f"\\x{code:02x}"
+    if code < 0x10000:
+        return f"\\u{code:04x}"
+    return f"\\U{code:08x}"
+
+
+def escaped(text: str) -> str:
+    """``text`` with every character a terminal could act on shown as an escape.
+
+    ``str.isprintable`` is false for C0 and C1 controls, DEL, format characters
+    (the bidi overrides and isolates, zero-width joiners), line and paragraph
+    separators, non-space blanks, surrogates and unassigned code points: all of
+    them become ``\\xNN`` / ``\\uNNNN``, so an embedded escape sequence cannot
+    recolour, retitle, move or clear the terminal, nor reorder what is shown.
+    Applying it again changes nothing (its output is printable).
     """
     if text.isprintable():
         return text
     return "".join(ch if ch.isprintable() else _escape(ch) for ch in text)
 
 
-def _escape(ch: str) -> str:
-    code = ord(ch)
-    if code < 0x100:
-        return f"\\x{code:02x}"
-    if code < 0x10000:
-        return f"\\u{code:04x}"
-    return f"\\U{code:08x}"
+def valid_unicode(text: str) -> str:
+    """``text`` encodable as UTF-8: each lone surrogate spelled as an escape.
+
+    A file name that is not valid UTF-8 decodes to surrogate escapes, and a JSON
+    string may hold a lone ``\\ud800``; neither can be written as UTF-8. Here a
+    byte the name really holds reads ``\\xNN`` (as :func:`escaped` shows it), any
+    other lone surrogate ``\\uNNNN``; everything else is left as it is.
+    """
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return "".join(_escape(ch) if 0xD800 <= ord(ch) < 0xE000 else ch for ch in text)
+    return text
+
+
+def printable(text: str) -> str:
+    """The escaped spelling as a plain ``str``, for plain-text output (the CLI's lines)."""
+    return escaped(text)
+
+
+class UserText:
+    """A string from the fleet, as it may be shown: escaped, literal, never markup.
+
+    ``raw`` is the string as read (for actions: keys, ids); ``shown`` its safe
+    spelling.  ``str()`` gives ``shown`` (so an f-string cannot leak ``raw``),
+    Rich renders it as a plain :class:`~rich.text.Text`, and :meth:`text`
+    gives that Text with a style.  Clipping works on what is shown.
+    """
+
+    __slots__ = ("raw", "shown")
+
+    def __init__(self, raw: str) -> None:
+        if not isinstance(raw, str):
+            raise TypeError(f"UserText wraps a str, not {type(raw).__name__}: format the value first")
+        self.raw = raw
+        self.shown = escaped(raw)
+
+    @classmethod
+    def _cut(cls, raw: str, shown: str) -> UserText:
+        clipped = object.__new__(cls)
+        clipped.raw, clipped.shown = raw, shown
+        return clipped
+
+    def text(self, style: str | Style = "") -> Text:
+        return Text(self.shown, style=style)
+
+    def __rich__(self) -> Text:
+        return Text(self.shown)
+
+    def __str__(self) -> str:
+        return self.shown
+
+    def __repr__(self) -> str:
+        return f"UserText({self.raw!r})"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, UserText) and other.raw == self.raw
+
+    def __hash__(self) -> int:
+        return hash(self.raw)
+
+    def __bool__(self) -> bool:
+        return bool(self.raw)
+
+    @property
+    def cell_len(self) -> int:
+        return cell_len(self.shown)
+
+    def clip(self, width: int) -> UserText:
+        """At most ``width`` characters shown, with an ellipsis when cut."""
+        return self._cut(self.raw, clip(self.shown, width))
+
+    def clip_middle(self, width: int) -> UserText:
+        """Cut in the middle: ids differ at both ends."""
+        return self._cut(self.raw, clip_middle(self.shown, width))
+
+    def clip_left(self, width: int) -> UserText:
+        """Keeping the end (the informative part of a path)."""
+        return self._cut(self.raw, clip_left(self.shown, width))
 
 
 def clip(text: str, width: int) -> str:
@@ -55,6 +163,9 @@ def duration(ms: int | None, *, whole_seconds: bool = False) -> str:
     """
     if ms is None:
         return "-"
+    if not math.isfinite(ms):
+        return "?"
+    ms = int(ms)
     sign = "-" if ms < 0 else ""
     ms = abs(ms)
     if ms < 1000:
@@ -74,20 +185,28 @@ def duration(ms: int | None, *, whole_seconds: bool = False) -> str:
 
 # One clock everywhere: local time; the zone is named once per screen (the header,
 # the details' title, the first line of ``pi-dash status``), never beside each time.
-def clock_time(at: int | datetime) -> str:
+# A time no clock can show (``1e17``, NaN, before year 1) comes from a bad record:
+# it reads TIME_OUT_OF_RANGE, never raises.
+def clock_time(at: float | datetime) -> str:
     """``HH:MM:SS`` in local time, of epoch milliseconds or an aware datetime."""
-    return _local(at).strftime("%H:%M:%S")
+    local = _local(at)
+    return TIME_OUT_OF_RANGE if local is None else local.strftime("%H:%M:%S")
 
 
-def clock_datetime(at: int | datetime) -> str:
+def clock_datetime(at: float | datetime) -> str:
     """``YYYY-MM-DD HH:MM:SS`` in local time."""
-    return _local(at).strftime("%Y-%m-%d %H:%M:%S")
+    local = _local(at)
+    return TIME_OUT_OF_RANGE if local is None else local.strftime("%Y-%m-%d %H:%M:%S")
 
 
-def clock_zone(at: int | datetime) -> str:
+def clock_zone(at: float | datetime) -> str:
     """The local zone's name at that instant (``UTC``, ``CET``, ``+0530``)."""
-    return _local(at).strftime("%Z") or _local(at).strftime("%z")
+    local = _local(at)
+    return "" if local is None else local.strftime("%Z") or local.strftime("%z")
 
 
-def _local(at: int | datetime) -> datetime:
-    return at.astimezone() if isinstance(at, datetime) else datetime.fromtimestamp(at / 1000).astimezone()
+def _local(at: float | datetime) -> datetime | None:
+    try:
+        return at.astimezone() if isinstance(at, datetime) else datetime.fromtimestamp(at / 1000).astimezone()
+    except (OverflowError, ValueError, OSError, TypeError):
+        return None

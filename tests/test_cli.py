@@ -11,7 +11,7 @@ import pytest
 
 from core.coordinator import Coordinator
 from pi_dashboard.cli import main
-from pi_dashboard.text import clip_left, duration, printable
+from pi_dashboard.text import UserText, clip_left, duration
 
 
 def _fleet(root) -> Coordinator:
@@ -62,8 +62,8 @@ def test_root_from_environment(root, capsys, monkeypatch):
 
 
 def test_text_helpers():
-    assert printable("a\x1b[31mb\x07") == "a\\x1b[31mb\\x07"
-    assert printable("ü ok") == "ü ok"
+    assert UserText("a\x1b[31mb\x07").shown == "a\\x1b[31mb\\x07"
+    assert UserText("ü ok").shown == "ü ok"
     assert clip_left("/very/long/path/project", 10) == "…h/project"
     assert [duration(ms) for ms in (None, 850, 12_000, 245_000, 3 * 3_600_000 + 720_000)] == [
         "-", "850ms", "12s", "4m05s", "3h12m"

@@ -9,13 +9,18 @@ from textual.containers import Horizontal, Vertical
 from textual.screen import ModalScreen
 from textual.widgets import Button, Static
 
+from ..text import UserText
+
 
 class ConfirmScreen(ModalScreen[bool]):
     BINDINGS = [Binding("y", "answer(True)", "Yes"), Binding("n,escape", "answer(False)", "No")]
 
-    def __init__(self, question: Text) -> None:
+    def __init__(self, *parts: str | UserText) -> None:
+        """The question: the dashboard's own words (str) and, in bold, names from the fleet (UserText)."""
         super().__init__()
-        self.question = question
+        self.question = Text()
+        for part in parts:
+            self.question.append_text(part.text("bold") if isinstance(part, UserText) else Text(part))
 
     def compose(self) -> ComposeResult:
         with Vertical(id="confirm"):

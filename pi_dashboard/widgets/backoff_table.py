@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from core.snapshot import FleetSnapshot
+from core.snapshot import BackoffView, FleetSnapshot
 
-from ..text import clip_middle, duration, printable
-from .keyed_table import SHORT_ID, Cell, Column, KeyedTable, by_value
+from ..text import UserText, duration
+from .keyed_table import SHORT_ID, Cell, Column, KeyedTable, Row, by_value
 from .palette import role_style
 
 
@@ -26,15 +26,19 @@ class BackoffTable(KeyedTable):
         for view in snapshot.backoffs:
             if not view.active and not view.recent429s:
                 continue  # long quiet: nothing to say
-            rows[f"{view.provider}:{view.model}"] = (
-                Cell(printable(f"{view.provider}/{view.model}")),
-                Cell(
-                    duration(view.remaining_ms) if view.active else "done",
-                    view.remaining_ms,
-                    style=role_style(self.app, "error" if view.active else "success")
-                ),
-                Cell(str(view.recent429s)),
-                Cell(str(view.instances_waiting)),
-                Cell(clip_middle(printable(view.last_reported_by or ""), SHORT_ID)),
-            )
+            key = f"{view.provider}:{view.model}"
+            rows[key] = self.row_for(key, view, lambda: self._row(view))
         self.sync(rows)
+
+    def _row(self, view: BackoffView) -> Row:
+        return (
+            Cell(UserText(f"{view.provider}/{view.model}")),
+            Cell(
+                duration(view.remaining_ms) if view.active else "done",
+                view.remaining_ms,
+                style=role_style(self.app, "error" if view.active else "success"),
+            ),
+            Cell(str(view.recent429s)),
+            Cell(str(view.instances_waiting)),
+            Cell(UserText(view.last_reported_by or "").clip_middle(SHORT_ID)),
+        )

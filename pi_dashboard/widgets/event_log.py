@@ -9,7 +9,8 @@ from textual.widgets import RichLog
 from core.models import FleetEvent
 from core.snapshot import FleetSnapshot
 
-from ..text import clock_time, printable
+from ..messages import RecordUnshown
+from ..text import UserText, clock_time
 from .palette import role_style
 
 KIND_ROLE = {
@@ -48,8 +49,13 @@ class EventLogView(RichLog):
         self.write(self._line(FleetEvent(at=at_ms, kind=kind, message=message, instance_id="pi-dash")))
 
     def _line(self, event: FleetEvent) -> Text:
-        stamp = clock_time(event.at)
-        line = Text(f"{stamp} ", style="dim")
-        line.append(f"{event.kind:<12} ", style=role_style(self.app, KIND_ROLE.get(event.kind, "primary")))
-        line.append(printable(event.message))
-        return line
+        try:
+            line = Text(f"{clock_time(event.at)} ", style="dim")
+            kind = UserText(event.kind).shown
+            line.append(f"{kind:<12} ", style=role_style(self.app, KIND_ROLE.get(event.kind, "primary")))
+            line.append(str(UserText(event.message)))
+            return line
+        except Exception as exc:  # the last guard: this event becomes a problem, the log goes on
+            reason = UserText(f"cannot show this event: {type(exc).__name__}: {exc}")
+            self.post_message(RecordUnshown(UserText(f"events/{event.kind}@{event.at}"), reason))
+            return reason.text("bold")

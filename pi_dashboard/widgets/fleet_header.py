@@ -6,7 +6,7 @@ from rich.text import Text
 
 from core.snapshot import FleetSnapshot, Status
 
-from ..text import clock_time, clock_zone, printable
+from ..text import UserText, clock_time, clock_zone
 from .palette import role_style, status_style
 from .text_pane import TextPane
 
@@ -16,19 +16,19 @@ class FleetHeader(TextPane):
         text = Text()
         if snapshot is None:
             text.append("pi-dash  ", style="bold")
-            text.append(printable(error or "starting..."), style=role_style(self.app, "error"))
+            text.append(str(UserText(error or "starting...")), style=role_style(self.app, "error"))
             self.show_text(text)
             return
         stamp = f"{clock_time(snapshot.taken_at_ms)} {clock_zone(snapshot.taken_at_ms)}"
         text.append("pi-dash ", style="bold")
-        text.append(printable(snapshot.source))
+        text.append(str(UserText(snapshot.source)))
         text.append(f"  {stamp}  [{watching}]", style="dim")
         if paused:
             text.append("  PAUSED", style=role_style(self.app, "warning", bold=True))
         if error:
-            text.append(f"  {printable(error)}", style=role_style(self.app, "error"))
+            text.append(f"  {UserText(error)}", style=role_style(self.app, "error"))
         if snapshot.notice:
-            text.append(f"  {printable(snapshot.notice)}", style=role_style(self.app, "warning", bold=True))
+            text.append(f"  {UserText(snapshot.notice)}", style=role_style(self.app, "warning", bold=True))
         text.append("\n")
         counts = snapshot.figures.status_counts
         text.append(f"{len(snapshot.instances)} instances ")
@@ -45,5 +45,5 @@ class FleetHeader(TextPane):
         for rate in sorted(snapshot.rate_limits, key=lambda r: r.provider):
             backing_off = any(b.active for b in snapshot.backoffs if b.provider == rate.provider)
             style = role_style(self.app, "error") if backing_off else ""
-            text.append(f"│ {printable(rate.provider)} {rate.used_last_minute}/{rate.effective_requests_per_minute:.0f} ", style=style)
+            text.append(f"│ {UserText(rate.provider)} {rate.used_last_minute}/{rate.effective_requests_per_minute:.0f} ", style=style)
         self.show_text(text)

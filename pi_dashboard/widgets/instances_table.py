@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from core.snapshot import FleetSnapshot, InstanceView, Status
 
-from ..text import duration, printable
+from ..text import UserText, duration
 from .keyed_table import Cell, Column, KeyedTable, Row, by_value
 from .palette import status_style
 
@@ -65,11 +65,11 @@ class InstancesTable(KeyedTable):
     def _row(self, view: InstanceView, unanswered: set[str], wait: str) -> Row:
         info = view.info
         status = view.status.value + (" (no ack)" if view.instance_id in unanswered else "")
-        models = ", ".join(f"{m.provider}/{m.model}" for m in info.active_models) if info else ""
+        models = UserText(", ".join(f"{m.provider}/{m.model}" for m in info.active_models) if info else "")
         latency = f"{info.avg_latency_ms:.0f}ms" if info and info.avg_latency_ms is not None else ""
         age = view.heartbeat_age_ms
         return (
-            Cell(printable(view.instance_id)),
+            Cell(UserText(view.instance_id)),
             Cell(str(info.pid) if info else "", info.pid if info else 0),
             Cell(status, STATUS_ORDER[view.status], style=status_style(self.app, view.status)),
             Cell(("yes" if view.honours_claims else "no") if info else ""),
@@ -78,8 +78,8 @@ class InstancesTable(KeyedTable):
             Cell(str(view.parallel_limit) if view.parallel_limit is not None else ""),
             Cell(wait),
             Cell(latency),
-            Cell(printable(models)),
-            Cell(printable(info.cwd) if info else printable(view.problem or "")),
+            Cell(models),
+            Cell(UserText(info.cwd if info else view.problem or "")),
         )
 
     def show(self, snapshot: FleetSnapshot) -> None:

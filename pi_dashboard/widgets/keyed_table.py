@@ -25,6 +25,9 @@ from textual.message import Message
 from textual.scroll_view import ScrollView
 from textual.strip import Strip
 
+from ..messages import RecordUnshown
+from ..text import UserText, escaped
+
 Row = tuple[Text, ...]
 SHORT_ID = 28  # instance ids in panes other than the instances table are cut to this
 PADDING = 1  # blank cells either side of every cell
@@ -38,11 +41,17 @@ class Column(NamedTuple):
 
 
 class Cell(Text):
-    """A cell's text plus the value it sorts by (ages, counts: not their spelling)."""
+    """A cell's text plus the value it sorts by (ages, counts: not their spelling).
 
-    def __init__(self, text: str = "", sort_value: Any = None, **kwargs: Any) -> None:
-        super().__init__(text, **kwargs)
-        self.sort_value = text if sort_value is None else sort_value
+    Text from the fleet comes as :class:`UserText` (shown escaped, sorted by
+    what is shown); a ``str`` is the dashboard's own (figures, labels) and is
+    escaped all the same, so a cell can never carry a control character.
+    """
+
+    def __init__(self, text: str | UserText = "", sort_value: Any = None, **kwargs: Any) -> None:
+        shown = text.shown if isinstance(text, UserText) else escaped(text)
+        super().__init__(shown, **kwargs)
+        self.sort_value = shown if sort_value is None else sort_value
 
     def __eq__(self, other: object) -> bool:
         # Text compares characters and spans only: a new colour or sort value is a change too.
@@ -172,9 +181,20 @@ class KeyedTable(ScrollView, can_focus=True):
         built = self._built.get(key)
         if built is not None and built[0] == source:
             return built[1]
-        row = build()
+        try:
+            row = build()
+        except Exception as exc:  # the last guard: a record that cannot be shown costs only its row
+            row = self._unshown_row(key, exc)
         self._built[key] = (source, row)
         return row
+
+    def _unshown_row(self, key: str, exc: Exception) -> Row:
+        """The row of a record whose cells raised: its key and why, and a problem for the app."""
+        reason = UserText(f"cannot show this record: {type(exc).__name__}: {exc}")
+        self.post_message(RecordUnshown(UserText(f"{self.id or type(self).__name__}/{key}"), reason))
+        cells = [Cell(UserText(key)), Cell(reason, style="bold")]
+        cells += [Cell("") for _ in self.columns[2:]]
+        return tuple(cells[: len(self.columns)])
 
     def sort_by(self, column: str, key: Callable[[Any], Any] = by_value, reverse: bool = False) -> None:
         self._sort_column = next(n for n, c in enumerate(self.columns) if c.key == column)

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from core.snapshot import FleetSnapshot, LockView
 
-from ..text import clip, clip_middle, duration, printable
-from .keyed_table import SHORT_ID, Cell, Column, KeyedTable, by_value
+from ..text import UserText, duration
+from .keyed_table import SHORT_ID, Cell, Column, KeyedTable, Row, by_value
 from .palette import role_style
 
 
@@ -28,20 +28,22 @@ class LocksTable(KeyedTable):
         self.views = {view.key: view for view in snapshot.locks}
         rows = {}
         for view in snapshot.locks:
-            lock = view.lock
-            if lock is None:
-                rows[view.key] = (
-                    Cell(printable(view.key)),
-                    Cell(printable(view.problem or "unreadable"), style=role_style(self.app, "error")),
-                    Cell(""),
-                    Cell("?", style=role_style(self.app, "error")),
-                )
-                continue
-            ttl = "expired" if view.expired else duration(view.ttl_left_ms)
-            rows[view.key] = (
-                Cell(clip(printable(lock.resource), 26)),
-                Cell(ttl, view.ttl_left_ms, style=role_style(self.app, "warning") if view.expired else ""),
-                Cell(duration(view.age_ms), view.age_ms),
-                Cell(clip_middle(printable(lock.holder), SHORT_ID)),
-            )
+            rows[view.key] = self.row_for(view.key, view, lambda: self._row(view))
         self.sync(rows)
+
+    def _row(self, view: LockView) -> Row:
+        lock = view.lock
+        if lock is None:
+            return (
+                Cell(UserText(view.key)),
+                Cell(UserText(view.problem or "unreadable"), style=role_style(self.app, "error")),
+                Cell(""),
+                Cell("?", style=role_style(self.app, "error")),
+            )
+        ttl = "expired" if view.expired else duration(view.ttl_left_ms)
+        return (
+            Cell(UserText(lock.resource).clip(26)),
+            Cell(ttl, view.ttl_left_ms, style=role_style(self.app, "warning") if view.expired else ""),
+            Cell(duration(view.age_ms), view.age_ms),
+            Cell(UserText(lock.holder).clip_middle(SHORT_ID)),
+        )

@@ -8,7 +8,7 @@ from textual_plotext import PlotextPlot
 
 from core.snapshot import FleetSnapshot
 
-from ..text import clip, printable
+from ..text import UserText
 
 HISTORY_S = 300
 SAMPLE_EVERY_MS = 5000  # a replot costs more than a table update: five minutes in 60 points
@@ -40,7 +40,7 @@ class QueueChart(PlotextPlot):
         latest = self._samples[-1][1]
         busiest = sorted(latest, key=lambda i: (-latest[i], i))[:LINES]
         for instance_id in busiest:
-            label = clip(printable(instance_id), 18)
+            label = UserText(instance_id).clip(18).shown
             plt.plot(xs, [d.get(instance_id, 0) for _, d in self._samples], label=label, marker="braille")
         plt.xlabel("seconds ago")
         plt.xlim(min(-60.0, xs[0]), 0)

@@ -7,7 +7,7 @@ from rich.text import Text
 
 from core.snapshot import FleetSnapshot
 
-from ..text import printable
+from ..text import UserText
 from .text_pane import TextPane
 
 RECENT = 5
@@ -29,5 +29,5 @@ class StealStats(TextPane):
         if steals:
             text.append("latest steals:\n", style="bold")
         for event in reversed(steals):
-            text.append(printable(event.message) + "\n", style="dim")
+            text.append(f"{UserText(event.message)}\n", style="dim")
         self.show_text(text)

@@ -387,6 +387,13 @@ async def select(pilot, table: KeyedTable, key: str) -> None:
     assert table.selected_key == key
 
 
+async def confirm(pilot) -> None:
+    """Answer yes to the question on screen and wait for the action's worker to report."""
+    await pilot.press("y")
+    await pilot.app.workers.wait_for_complete()
+    await pilot.pause()
+
+
 async def until(pilot, condition: Callable[[], object], timeout: float, what: str) -> float:
     """Let the app run until ``condition()`` holds; returns the seconds it took."""
     start = time.monotonic()

@@ -27,6 +27,7 @@ from pi_dashboard.widgets.instances_table import InstancesTable
 from pi_dashboard.widgets.problems_panel import ProblemsPanel
 
 from .conftest import (
+    confirm,
     FIXTURE,
     G_KEY,
     NOW,
@@ -317,7 +318,8 @@ async def test_corrupt_files_everywhere(fleet: Path, frozen: ManualClock) -> Non
         # A corrupt instance file can be removed; an unreadable one (a FIFO) cannot.
         table = app.query_one(InstancesTable)
         await select(pilot, table, "garbage")
-        await pilot.press("x", "y")
+        await pilot.press("x")
+        await confirm(pilot)
         await pilot.pause()
         await select(pilot, table, "fifo")
         await pilot.press("x")
@@ -369,7 +371,8 @@ async def test_draining_an_instance_whose_id_has_markup_does_not_crash(tmp_path:
     store = _hostile_fleet(tmp_path / "runtime", iid)
     app = make_app(store)
     async with app.run_test(size=(160, 48), notifications=True) as pilot:
-        await pilot.press("d", "y")
+        await pilot.press("d")
+        await confirm(pilot)
         await pilot.pause(0.3)
         assert app.is_running
     assert store.read_config() is None  # (reached only when the app survived)
@@ -379,7 +382,8 @@ async def test_action_results_show_ids_as_typed(fleet: Path, frozen: ManualClock
     app = make_app(DirectoryStore(fleet), frozen)
     async with app.run_test(size=(200, 50), notifications=True) as pilot:
         await select(pilot, app.query_one(InstancesTable), G_KEY)
-        await pilot.press("d", "y")
+        await pilot.press("d")
+        await confirm(pilot)
         await pilot.pause(0.3)
         shown = screen_text(app.export_screenshot())
     # The toast (drawn with a "▌" edge) wraps: its first line shows the id's markup as typed.

@@ -34,6 +34,7 @@ from pi_dashboard.widgets.locks_table import LocksTable
 from pi_dashboard.widgets.problems_panel import ProblemsPanel
 
 from .conftest import (
+    confirm,
     A,
     B,
     C,
@@ -79,7 +80,7 @@ async def test_release_the_selected_lock(fleet: Path, frozen: ManualClock) -> No
         assert locks.selected_lock is not None and locks.selected_lock.resource == LOCK_HELD
         await pilot.press("r")
         assert isinstance(app.screen, ConfirmScreen)
-        await pilot.press("y")
+        await confirm(pilot)
         await pilot.pause()
         assert not isinstance(app.screen, ConfirmScreen)
         assert lock_key(LOCK_HELD) not in row_keys(locks)  # rebuilt at once
@@ -102,7 +103,8 @@ async def test_a_lock_that_changed_hands_is_not_released(fleet: Path, frozen: Ma
         newcomer = "sess-99999999-pid4242-mlrd0000-newb"
         taken = LockService(store, newcomer, frozen).try_acquire(LOCK_EXPIRED)
         assert taken is not None
-        await pilot.press("r", "y")
+        await pilot.press("r")
+        await confirm(pilot)
         await pilot.pause()
         assert locks.views[lock_key(LOCK_EXPIRED)].lock.holder == newcomer  # the pane now shows who has it
     current = store.read(LOCKS, lock_key(LOCK_EXPIRED))
@@ -165,7 +167,7 @@ async def test_drain_a_real_coordinator_process(tmp_path: Path) -> None:
             assert app.snapshot is not None and app.snapshot.instance(instance_id).status is Status.ALIVE
             await pilot.press("d")
             assert isinstance(app.screen, ConfirmScreen)
-            await pilot.press("y")
+            await confirm(pilot)
             request = store.read(CONTROL, instance_id)
             assert request is not None  # the request is on disk as soon as the answer is given
 
@@ -249,7 +251,8 @@ async def test_an_instance_that_never_acknowledges_is_flagged(tmp_path: Path) ->
         await pilot.press("d", "n")  # no: nothing is asked
         await pilot.pause()
         assert store.read(CONTROL, iid) is None
-        await pilot.press("d", "y")
+        await pilot.press("d")
+        await confirm(pilot)
         assert store.read(CONTROL, iid) is not None
         await until(pilot, lambda: [c.state for c in app.snapshot.controls] == ["pending"], 5, "a pending request")
         assert row_text(table, iid)[2] == "alive"
@@ -290,11 +293,12 @@ async def test_remove_a_dead_instance_and_a_corrupt_file(fleet: Path, frozen: Ma
         await select(pilot, table, E)
         await pilot.press("x")
         assert isinstance(app.screen, ConfirmScreen)
-        await pilot.press("y")
+        await confirm(pilot)
         await pilot.pause()
         assert E not in row_keys(table)
         await select(pilot, table, F)
-        await pilot.press("x", "y")
+        await pilot.press("x")
+        await confirm(pilot)
         await pilot.pause()
         assert F not in row_keys(table)
     for space in (INSTANCES, QUEUES, PARALLELISM):
@@ -331,7 +335,7 @@ async def test_a_dead_instance_that_came_back_is_not_removed(fleet: Path, frozen
         await pilot.press("x")
         revived = InstanceInfo.from_json(store.read(INSTANCES, E).data).model_copy(update={"last_heartbeat": utc_from_ms(NOW)})
         store.write(INSTANCES, E, revived.to_json())  # its heartbeat resumed meanwhile
-        await pilot.press("y")
+        await confirm(pilot)
         await pilot.pause()
         assert row_text(table, E)[2] == "alive"
     assert store.read(INSTANCES, E) is not None and store.read(QUEUES, E) is not None
