@@ -410,6 +410,8 @@ def cmd_snapshot(args: argparse.Namespace) -> int:
 
         async def capture(pilot: Pilot[None]) -> None:
             await pilot.pause(args.after)
+            if app.return_code:
+                return  # the app failed already and is closing: a frame of it is no snapshot
             try:
                 written.append(Path(app.save_screenshot(filename=output.name, path=str(folder.resolve()))))
             except OSError as exc:

@@ -67,7 +67,7 @@ def write_hostile_records(root: Path, payload: str = PAYLOAD) -> dict[str, str]:
 
     alive, dead = "sess-hostile01-pid7001-h-alive", "sess-hostile02-pid7002-h-dead"
     _write(root / "instances" / f"{alive}.lock", instance_record(
-        text("alive id"), pid=7001, beat_ago=1_000, text=text("alive cwd"), **{"[/]": text("extra value"), text("extra key"): 1}
+        alive, pid=7001, beat_ago=1_000, text=text("alive cwd"), **{"[/]": text("extra value"), text("extra key"): 1}
     ))
     _write(root / "instances" / f"{dead}.lock", instance_record(text("dead id"), pid=7002, beat_ago=DEAD_AGO, text=text("dead cwd")))
     undecodable = os.path.join(os.fsencode(root / "instances"), b"sess-\xff\xfe-pid7003-h-dead.lock")

@@ -182,9 +182,12 @@ async def test_every_key_on_every_row_of_a_hostile_fleet(hostile_fleet: tuple[Pa
         await select(pilot, table, "sess-hostile01-pid7001-h-alive")
         await pilot.press("enter")
         assert isinstance(app.screen, DetailsScreen)
-        details = screen_text(app.export_screenshot())
-        assert "[/] (extra)" in details and "MK03Q\\x1b]0;PWNED" in details
-        assert TIME_OUT_OF_RANGE in details or "stealing-stats" in problems_text(app)
+        screen = app.screen
+        details = rendered(*describe(screen.view, screen.snapshot))  # what it composed its widgets of
+        assert "MK02Q\\x1b]0;PWNED" in screen_text(app.export_screenshot())
+        assert "[/] (extra)" in details and "MK02Q\\x1b]0;PWNED" in details
+        # Its stealing statistics say lastSuccessAt 1e17: a marker there, or (validated in core) a problem.
+        assert ("last success" in details and TIME_OUT_OF_RANGE in details) or "stealing-stats" in problems_text(app), details
         await pilot.press("escape")
         pressed = await press_everything(pilot, app)
         assert app.is_running
