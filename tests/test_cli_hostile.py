@@ -67,7 +67,7 @@ def test_json_is_valid_utf8_whatever_the_names_and_locale(hostile_root: Path, lo
             keys = {instance["key"] for instance in document["instances"]}
             assert UNDECODABLE in keys
             cwds = {instance["info"]["cwd"] for instance in document["instances"] if instance["info"]}
-            assert any(cwd.startswith("MK01Q\x1b]0;PWNED\x07") for cwd in cwds)  # data stays data in JSON
+            assert any(re.fullmatch("MK\\d\\dQ\x1b]0;PWNED\x07.*", cwd, re.S) for cwd in cwds)  # data stays data in JSON
 
 
 @pytest.mark.parametrize("locale", LOCALES.values(), ids=LOCALES.keys())
@@ -77,7 +77,7 @@ def test_text_is_valid_in_the_locale_and_escapes_user_text(hostile_root: Path, l
     encoding = "ascii" if locale.get("PYTHONCOERCECLOCALE") == "0" else "utf-8"
     text = result.stdout.decode(encoding)
     assert not UNSAFE.search(result.stdout.replace(b"\n", b"")), UNSAFE.findall(result.stdout)
-    assert UNDECODABLE in text and "MK01Q\\x1b]0;PWNED\\x07\\x1b[2J\\x9b31m\\u202e[/]" in text
+    assert UNDECODABLE in text and re.search(r"MK\d\dQ\\x1b\]0;PWNED\\x07\\x1b\[2J\\x9b31m\\u202e\[/\]", text)
 
 
 def test_snapshot_of_hostile_records_writes_a_clean_frame_and_exits_0(hostile_root: Path, tmp_path: Path) -> None:
