@@ -229,24 +229,28 @@ def _valid(value: JSON) -> JSON:
     return value
 
 
-def _write(data: bytes) -> None:
-    """``data`` to stdout in pieces: one huge write into a pipe its reader closed
-    can end short without raising, and the output would silently stop."""
+def _write(text: str, encoding: str) -> None:
+    """``text`` to stdout as ``encoding`` (what it cannot encode as an escape), in pieces:
+    one huge write into a pipe its reader closed can end short without raising."""
+    out = getattr(sys.stdout, "buffer", None)
+    if out is None:  # a text stream with no bytes below it (a caller's StringIO) takes the text
+        sys.stdout.write(text)
+        return
+    data = text.encode(encoding, "backslashreplace")
     sys.stdout.flush()
-    out = sys.stdout.buffer
     for start in range(0, len(data), WRITE_CHUNK):
         out.write(data[start : start + WRITE_CHUNK])
     out.flush()
 
 
 def _print(text: str) -> None:
-    """A report in the locale's encoding; what it cannot encode is written as an escape."""
-    _write((text + "\n").encode(sys.stdout.encoding or "utf-8", "backslashreplace"))
+    """A report in the locale's encoding."""
+    _write(text + "\n", getattr(sys.stdout, "encoding", None) or "utf-8")
 
 
 def _print_json(document: JSON) -> None:
-    """JSON as UTF-8 bytes whatever the locale (RFC 8259), non-ASCII text as itself."""
-    _write((json.dumps(_valid(document), indent=2, ensure_ascii=False) + "\n").encode("utf-8"))
+    """JSON as UTF-8 whatever the locale (RFC 8259), non-ASCII text as itself."""
+    _write(json.dumps(_valid(document), indent=2, ensure_ascii=False) + "\n", "utf-8")
 
 
 def cmd_limits(args: argparse.Namespace) -> int:

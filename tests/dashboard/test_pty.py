@@ -43,6 +43,13 @@ TEXTUAL_POINTER = re.compile(rb"\x1b\]22;[a-z-]*\x07")
 ESCAPED_TITLE = rb"\x1b]0;PWNED\x07\x1b[2J\x9b31m\u202e[/]"
 
 
+def readable(fd: int, timeout: float) -> bool:
+    """poll, not select: a test process may hold more than FD_SETSIZE descriptors."""
+    poller = select.poll()
+    poller.register(fd, select.POLLIN)
+    return bool(poller.poll(timeout * 1000))
+
+
 def read_until(fd: int, buffer: bytearray, pattern: bytes, timeout: float) -> bool:
     """Read from ``fd`` into ``buffer`` until ``pattern`` shows up (True) or ``timeout`` passes."""
     deadline = time.monotonic() + timeout
@@ -50,8 +57,7 @@ def read_until(fd: int, buffer: bytearray, pattern: bytes, timeout: float) -> bo
         left = deadline - time.monotonic()
         if left <= 0:
             return False
-        ready, _, _ = select.select([fd], [], [], min(left, 0.2))
-        if ready:
+        if readable(fd, min(left, 0.2)):
             try:
                 chunk = os.read(fd, 65536)
             except OSError:  # EIO: the other side closed
@@ -65,8 +71,7 @@ def read_until(fd: int, buffer: bytearray, pattern: bytes, timeout: float) -> bo
 def drain(fd: int, buffer: bytearray, process: subprocess.Popen[bytes], timeout: float) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        ready, _, _ = select.select([fd], [], [], 0.2)
-        if ready:
+        if readable(fd, 0.2):
             try:
                 chunk = os.read(fd, 65536)
             except OSError:
