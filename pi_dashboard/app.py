@@ -278,7 +278,7 @@ class PiDashApp(App[None]):
         self._alert_state, sent = evaluate(self.alert_rules, snapshot, self._alert_state)
         for alert in sent:
             firing = alert.state == FIRING
-            self.notify(printable(alert.message), title=f"alert: {alert.rule}", severity="warning" if firing else "information", markup=False)
+            self.notify(UserText(alert.message).shown, title=str(UserText(f"alert: {alert.rule}")), severity="warning" if firing else "information", markup=False)
             self._note("alert", f"{'firing' if firing else 'cleared'} {alert.rule}: {alert.message}")
             if self.alert_sinks is not None:
                 self.alert_sinks.send(alert)

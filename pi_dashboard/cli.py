@@ -146,6 +146,8 @@ def _alert_options(parser: argparse.ArgumentParser, default: object = None) -> N
 
 def _alerting(args: argparse.Namespace) -> tuple[AlertRules, AlertSinks]:
     """The rules of config.json and their sinks (``--on-alert`` / ``--alert-log`` over the config's)."""
+    from core.provider_config import config_path
+
     from .alerting import AlertSinks
 
     rules, problems = load_rules(getattr(args, "config", None) or config_path())
