@@ -124,7 +124,7 @@ FIELDS: dict[str, list[tuple[tuple[str | int, ...], str]]] = {
     "pi-dash/control": [
         (("requestedAt",), "epoch"), (("acknowledgedAt",), "epoch"), (("completedAt",), "epoch"), (("requestedBy",), "text"),
     ],
-    "events": [(("at",), "epoch"), (("kind",), "text"), (("message",), "text"), (("instanceId",), "text")],
+    "events": [(("at",), "epoch"), (("kind",), "text"), (("message",), "text"), (("instanceId",), "optional-text")],
 }
 
 # ------------------------------------------------------------------ values
@@ -182,11 +182,12 @@ def _number_ok(kind: str, v: float) -> bool | None:
 
 @st.composite
 def values(draw, kind: str) -> Value:
-    if kind in ("text", "id"):
+    if kind in ("text", "optional-text", "id"):
         text = draw(TEXT)
         if draw(st.integers(0, 9)) == 0:
-            return Value(draw(NUMBERS | OTHER), False)
-        return Value(text, bool(text) or kind == "text")
+            other = draw(NUMBERS | OTHER)
+            return Value(other, other is None and kind == "optional-text")  # null: the field left out
+        return Value(text, bool(text) or kind != "id")
     if kind == "iso":
         if draw(st.booleans()):
             year, text = draw(ISO)
