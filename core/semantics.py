@@ -236,6 +236,7 @@ class ModelIndex:
     """
 
     def __init__(self, alive: Sequence[InstanceInfo]) -> None:
+        self._alive = alive
         self._users: dict[tuple[str, str], set[int]] = {}  # (provider, model) as stored -> instances
         for n, instance in enumerate(alive):
             for active in instance.active_models:
@@ -258,6 +259,10 @@ class ModelIndex:
         """pi's ``getActiveInstancesForModel`` (raises :class:`PiPatternError` where pi throws)."""
         provider, query = provider.lower(), model.lower()
         stored = self._sorted.get(provider, [])
+        if has_glob(query) and _pi_regex(query) is None:
+            # Whether pi throws depends on each instance's model order (its ``some`` stops
+            # at the first match): only the instance-by-instance rule tells.
+            return pi_instances_for_model(self._alive, provider, query)
         if has_glob(query):
             return max(1, self._count(provider, [m for m in stored if pi_model_matches(query, m)]))
         # Without * or ? pi's regex matches exactly the names equal to the query but for case.

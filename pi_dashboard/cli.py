@@ -166,7 +166,7 @@ def cmd_watch(args: argparse.Namespace) -> int:
         builder.build()
     except StoreError as exc:
         print(f"pi-dash: cannot read the fleet: {exc}", file=sys.stderr)
-        return EXIT_UNAVAILABLE
+        return EXIT_USAGE
     rules, sinks = _alerting(args)
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
@@ -293,7 +293,7 @@ def cmd_why(args: argparse.Namespace) -> int:
 
     snapshot = _snapshot(args)
     if snapshot is None:
-        return EXIT_UNAVAILABLE
+        return EXIT_USAGE
     code, text = why(snapshot, args.instance)
     print(text, file=sys.stdout if code == 0 else sys.stderr)
     return code
@@ -320,17 +320,17 @@ def cmd_metrics(args: argparse.Namespace) -> int:
         builder.build()  # a fleet that cannot be read at all is an error now, not at the first scrape
     except ValueError as exc:
         print(f"pi-dash: {exc}", file=sys.stderr)
-        return EXIT_UNAVAILABLE
+        return EXIT_USAGE
     except StoreError as exc:
         print(f"pi-dash: cannot read the fleet: {exc}", file=sys.stderr)
-        return EXIT_UNAVAILABLE
+        return EXIT_USAGE
     registry = CollectorRegistry(auto_describe=False)
     registry.register(FleetCollector(SnapshotOnDemand(builder)))
     try:
         server, thread = start_http_server(port, addr=host, registry=registry)
     except OSError as exc:
         print(f"pi-dash: cannot listen on {args.listen}: {exc.strerror or exc}", file=sys.stderr)
-        return EXIT_UNAVAILABLE
+        return EXIT_USAGE
     bound_host, bound_port = server.server_address[:2]
     shown = f"[{bound_host}]" if ":" in bound_host else bound_host
     print(f"serving http://{shown}:{bound_port}/metrics for {store.describe()}", flush=True)
