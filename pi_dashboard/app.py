@@ -28,7 +28,7 @@ from core.store import Store
 
 from .alerting import AlertSinks
 from .actions import FLEET_CHANGING, SECONDARY_PANES, bindings, offered
-from .messages import ActionDone, ActionFailed, RecordUnshown
+from .messages import ActionDone, ActionFailed, DemoStarted, RecordUnshown
 from .prefs import load_prefs, save_prefs
 from .screens.confirm import ConfirmScreen
 from .screens.details import DetailsScreen
@@ -110,6 +110,7 @@ class PiDashApp(App[None]):
         self.check_pids = check_pids
         self.debounce_ms = debounce_ms
         self._start_demo = start_demo
+        self._demo_starting = False
         self._theme_dirs = theme_dirs
         self._connect(store)
         self.snapshot: FleetSnapshot | None = None
@@ -312,6 +313,8 @@ class PiDashApp(App[None]):
         self._refresh_after_action()
 
     def on_action_failed(self, message: ActionFailed) -> None:
+        if message.action == "start_demo":
+            self._demo_starting = False
         self.notify(f"{message.action} failed: {message.reason}", severity="error", markup=False, timeout=10)
         self._own_problem("action-failed", UserText(message.action), message.reason)
         self._refresh_after_action()
@@ -447,10 +450,27 @@ class PiDashApp(App[None]):
             pane.focus()
 
     def action_start_demo(self) -> None:
-        if self._start_demo is None:
+        """Spawning six processes takes a while: a worker does it, the screen stays live."""
+        start = self._start_demo
+        if start is None or self._demo_starting:
             return
+        self._demo_starting = True
+        self._note("demo", "starting the demo fleet...")
+
+        def work() -> None:
+            try:
+                store = start()
+            except Exception as exc:  # a failed start becomes a notice, never a traceback
+                self.post_message(ActionFailed("start_demo", UserText(str(exc))))
+                return
+            self.post_message(DemoStarted(store))
+
+        self.run_worker(work, name="start_demo", group="demo", thread=True, exit_on_error=False)
+
+    def on_demo_started(self, message: DemoStarted) -> None:
+        self._demo_starting = False
         self.source.stop()
-        self._connect(self._start_demo())
+        self._connect(message.store)
         self._note("demo", f"demo fleet started in {self.store.describe()}")
         self._render_state(self.source.build_now())
         if self.live:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from textual.message import Message
 
 from core.control import ActionResult
+from core.store import Store
 
 from .text import UserText
 
@@ -34,3 +35,11 @@ class ActionFailed(Message):
         super().__init__()
         self.action = action
         self.reason = reason
+
+
+class DemoStarted(Message):
+    """The demo fleet's processes are up (started in a worker: spawning them blocks)."""
+
+    def __init__(self, store: Store) -> None:
+        super().__init__()
+        self.store = store
