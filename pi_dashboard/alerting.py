@@ -13,12 +13,13 @@ from collections.abc import Callable
 from pathlib import Path
 
 from core.alerts import FIRING, Alert, AlertRules, AlertState, evaluate
-from core.snapshot import SnapshotBuilder
-from core.store import StoreError
+from core.store import Store
 
+from .source import FleetSource
 from .text import printable
 
 COMMAND_TIMEOUT_S = 30.0
+STOP_CHECK_S = 0.2  # how soon watch sees SIGTERM's flag while nothing arrives
 _STOP = object()
 
 
@@ -83,21 +84,36 @@ def describe(alert: Alert) -> str:
     return printable(f"{alert.to_dict()['atIso']} {mark} {alert.rule}: {alert.message}")
 
 
-def watch(builder: SnapshotBuilder, rules: AlertRules, sinks: AlertSinks, stop: threading.Event, interval_s: float) -> None:
-    """Evaluate the rules on a fresh snapshot every ``interval_s`` until ``stop`` is set."""
+def watch(store: Store, rules: AlertRules, sinks: AlertSinks, stop: threading.Event) -> None:
+    """Evaluate the rules on every snapshot of ``store`` until ``stop`` is set.
+
+    The snapshots come from the dashboard's own source: it rebuilds when the store says something
+    changed (inotify, or the Redis feed), re-reading only what changed, and once a
+    second for the ages.  So an alert fires within the same ~50 ms a change takes
+    to reach the screen, and a quiet fleet of 10,000 costs no full rescan a second.
+    """
+    arrived = threading.Event()
+    source = FleetSource(store, arrived.set)
     state = AlertState()
     last_error = None
-    while not stop.is_set():
-        try:
-            snapshot = builder.build()
-        except StoreError as exc:
-            if str(exc) != last_error:
-                print(f"pi-dash: cannot read the fleet: {printable(str(exc))}", file=sys.stderr, flush=True)
-                last_error = str(exc)
-        else:
+    source.start()
+    try:
+        while not stop.is_set():
+            if not arrived.wait(STOP_CHECK_S):
+                continue
+            arrived.clear()
+            taken = source.take()
+            if taken is None:
+                continue
+            if taken.snapshot is None:
+                if taken.error != last_error:
+                    print(f"pi-dash: cannot read the fleet: {printable(taken.error or '')}", file=sys.stderr, flush=True)
+                    last_error = taken.error
+                continue
             last_error = None
-            state, sent = evaluate(rules, snapshot, state)
+            state, sent = evaluate(rules, taken.snapshot, state)
             for alert in sent:
                 print(describe(alert), flush=True)
                 sinks.send(alert)
-        stop.wait(interval_s)
+    finally:
+        source.stop()

@@ -127,7 +127,6 @@ def _parser() -> argparse.ArgumentParser:
     watch = commands.add_parser("watch", help="evaluate the alert rules without a screen until SIGTERM")
     watch.add_argument("--root", metavar="DIR", help=root_help, default=argparse.SUPPRESS)
     watch.add_argument("--redis", metavar="URL", help=redis_help, default=argparse.SUPPRESS)
-    watch.add_argument("--interval", type=float, default=1.0, metavar="SECONDS", help="between snapshots (default 1)")
     _alert_options(watch, argparse.SUPPRESS)
     metrics = commands.add_parser("metrics", help="serve the fleet's metrics for Prometheus at /metrics")
     metrics.add_argument("--listen", metavar="HOST:PORT", required=True, help="address to serve on (port 0: any free one)")
@@ -162,8 +161,8 @@ def cmd_watch(args: argparse.Namespace) -> int:
     from .alerting import watch
 
     try:
-        builder = SnapshotBuilder(_store(args))
-        builder.build()
+        store = _store(args)
+        SnapshotBuilder(store).build()  # a fleet that cannot be read is a usage error, said once
     except StoreError as exc:
         print(f"pi-dash: cannot read the fleet: {exc}", file=sys.stderr)
         return EXIT_USAGE
@@ -171,11 +170,11 @@ def cmd_watch(args: argparse.Namespace) -> int:
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
-    print(f"watching {printable(builder.store.describe())}; alerts go to stdout"
+    print(f"watching {printable(store.describe())}; alerts go to stdout"
           + (f", {printable(sinks.command)}" if sinks.command else "")
           + (f", {printable(str(sinks.jsonl))}" if sinks.jsonl else ""), flush=True)
     try:
-        watch(builder, rules, sinks, stop, max(0.05, args.interval))
+        watch(store, rules, sinks, stop)
     finally:
         sinks.close()
     return 0

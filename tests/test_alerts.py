@@ -16,6 +16,7 @@ import pytest
 from core.alerts import CLEARED, FIRING, AlertRules, AlertState, evaluate, parse_rules
 from core.clock import ManualClock, utc_from_ms
 from core.control import FleetControl
+from core.coordinator import Coordinator
 from core.locks import LockService
 from core.models import BroadcastQueueState, InstanceInfo
 from core.snapshot import SnapshotBuilder
@@ -125,7 +126,7 @@ def _watch(root: Path, tmp_path: Path, rules: dict) -> tuple[subprocess.Popen[st
     config.write_text(json.dumps({"dashboard": {"alerts": rules}}))
     piped, jsonl = tmp_path / "piped.jsonl", tmp_path / "alerts.jsonl"
     watcher = subprocess.Popen(
-        [sys.executable, "-m", "pi_dashboard", "watch", "--root", str(root), "--interval", "0.1", "--config", str(config),
+        [sys.executable, "-m", "pi_dashboard", "watch", "--root", str(root), "--config", str(config),
          "--on-alert", f"cat >> {piped}", "--alert-log", str(jsonl)],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
@@ -214,3 +215,30 @@ def test_a_429_storm_fires_one_backoff_alert(root, tmp_path):
         seen = [(a["alert"], a["state"]) for a in _alerts(sink)]
         assert seen == [("backoff", FIRING), ("backoff", CLEARED)], (sink, seen, reported)
     print(f"\n{reported} 429s from 3 processes: one backoff alert, cleared once")
+
+
+@pytest.mark.slow
+def test_watch_fires_as_soon_as_the_fleet_changes(root, tmp_path):
+    """watch follows the store's changes as the dashboard does, not a timer: each backoff alert
+    reaches the JSONL file within half a second of the 429 (polling once a second, one in eight
+    runs would pass by luck)."""
+    watcher, _, jsonl = _watch(root, tmp_path, {"backoffLongerThanSeconds": 5, "clearAfterSeconds": 60})
+    coordinator = Coordinator(root=root)
+    coordinator.register(cwd="/w", heartbeat=False)
+    latencies = []
+    try:
+        for n, model in enumerate(("gpt-4o", "gpt-4.1", "o3")):
+            time.sleep(0.7)  # lands anywhere in what was a 1 s polling interval
+            started = time.monotonic()
+            with coordinator.llm_slot("openai", model, timeout=5) as slot:
+                slot.report_429(retry_after=30)
+            _wait_for(lambda: len(_alerts(jsonl)) > n, 10, f"the backoff alert of {model}")
+            latencies.append(time.monotonic() - started)
+        _stop(watcher)
+    finally:
+        coordinator.unregister()
+        if watcher.poll() is None:
+            watcher.kill()
+    assert [a["key"] for a in _alerts(jsonl)] == [f"backoff:openai:{m}" for m in ("gpt-4o", "gpt-4.1", "o3")]
+    print(f"\nalert latency after a 429: {', '.join(f'{s * 1000:.0f} ms' for s in latencies)}")
+    assert max(latencies) < 0.5, latencies
