@@ -98,6 +98,7 @@ class _ModelState:
     response_times: deque[float] = field(default_factory=deque)
     cross_instance_multiplier: float = 1.0
     backoff_until: int | None = None
+    own429_total: int = 0  # never pruned: Prometheus' counter
 
 
 def build_key(provider: str, model: str) -> str:
@@ -249,6 +250,8 @@ class DynamicParallelismAdjuster:
             state = self._state(provider, model)
             now = self.clock.now_ms()
             state.recent_errors.append(RecentError(type=error_type, timestamp=now if at is None else at, instance_id=seen_by))
+            if error_type == "429" and seen_by is None:
+                state.own429_total += 1
             self._prune(state, now)
             current = state.config.current_parallelism
             reduced = max(state.config.min_parallelism, math.floor(current * (1 - factor)))
@@ -387,6 +390,7 @@ class DynamicParallelismAdjuster:
                     active_requests=state.active_requests,
                     recent_errors=tuple(state.recent_errors),
                     recent429_count=health.recent429_count,
+                    own429_total=state.own429_total,
                     avg_response_ms=round(health.avg_response_ms, 3),
                     healthy=health.healthy,
                     recommended_backoff_ms=health.recommended_backoff_ms,

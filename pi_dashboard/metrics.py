@@ -99,6 +99,9 @@ def fleet_metrics(snapshot: FleetSnapshot) -> list[Metric]:
     base = _gauge("model_parallelism_base", "Configured base parallelism", labels)
     effective = _gauge("model_parallelism_effective", "Parallelism after sharing with the instances using the model", labels)
     in_flight = _gauge("model_in_flight", "Requests in flight", labels)
+    own429s = CounterMetricFamily(
+        f"{PREFIX}_model_429s", "429s the instance received for the model since it started (core instances)", labels=labels
+    )
     for view in snapshot.parallelism:
         state = view.state
         values = [printable(view.instance_id), printable(state.provider), printable(state.model)]
@@ -106,7 +109,8 @@ def fleet_metrics(snapshot: FleetSnapshot) -> list[Metric]:
         base.add_metric(values, state.base_parallelism)
         effective.add_metric(values, state.effective_parallelism)
         in_flight.add_metric(values, state.active_requests)
-    families += [current, base, effective, in_flight]
+        own429s.add_metric(values, state.own429_total)
+    families += [current, base, effective, in_flight, own429s]
 
     recent = _gauge("recent_429s", "429s reported for the model in the last 5 minutes (the fleet's shared record)", ["provider", "model"])
     backoff = _gauge("backoff_remaining", "Time left on the fleet's shared 429 backoff", ["provider", "model"], "seconds")

@@ -18,6 +18,7 @@ from core.models import InstanceInfo
 from core.provider_config import parse_settings
 from core.stealing import steal_resource
 from core.store import INSTANCES
+from core.store.redis_store import RedisStore
 from pi_dashboard.metrics import parse_listen
 
 SETTINGS = parse_settings({"crossInstance": {"providers": {"openai": {"requestsPerMinute": 600, "burst": 50}}}}, "test")
@@ -37,9 +38,9 @@ def exporter(root):
     """Start ``pi-dash metrics`` on a free loopback port; yields (process, url)."""
     started = []
 
-    def start() -> tuple[subprocess.Popen[str], str]:
+    def start(*where: str) -> tuple[subprocess.Popen[str], str]:
         process = subprocess.Popen(
-            [sys.executable, "-m", "pi_dashboard", "metrics", "--listen", "127.0.0.1:0", "--root", str(root)],
+            [sys.executable, "-m", "pi_dashboard", "metrics", "--listen", "127.0.0.1:0", *(where or ("--root", str(root)))],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
@@ -89,6 +90,7 @@ def test_a_scrape_describes_the_fleet(root, exporter):
     assert samples[("pi_dash_model_in_flight", model)] == 0
     assert 30 < samples[("pi_dash_backoff_remaining_seconds", (("model", "gpt-4o"), ("provider", "openai")))] <= 40
     assert samples[("pi_dash_recent_429s", (("model", "gpt-4o"), ("provider", "openai")))] == 1
+    assert samples[("pi_dash_model_429s_total", model)] == 1
     assert samples[("pi_dash_rate_limit_used", (("provider", "openai"),))] == 1
     assert samples[("pi_dash_rate_limit_effective", (("provider", "openai"),))] == 540  # 600 x 0.9
     assert samples[("pi_dash_lock_ttl_left_seconds", (("instance", b.instance_id), ("kind", "steal")))] > 20
@@ -118,3 +120,29 @@ def test_bad_listen_addresses_and_a_missing_fleet_are_clear_errors(tmp_path):
     for args in (["--listen", "nowhere", "--root", str(tmp_path)], ["--listen", "127.0.0.1:0", "--root", str(tmp_path / "none")]):
         result = subprocess.run([sys.executable, "-m", "pi_dashboard", "metrics", *args], capture_output=True, text=True, timeout=60)
         assert result.returncode == 2 and "Traceback" not in result.stderr and result.stderr.startswith("pi-dash: ")
+
+
+def test_a_scrape_of_a_redis_fleet(redis_server, exporter):
+    """The same families from a fleet on Redis (the store's own feed and scripts, not files)."""
+    url = f"{redis_server.url}?prefix=metrics{os.getpid()}"
+    a = Coordinator(RedisStore(url), settings=SETTINGS)
+    a.register(heartbeat=False)
+    a.update_workload(4)
+    with a.llm_slot("openai", "gpt-4o") as slot:
+        slot.report_429(retry_after=40)
+    try:
+        process, scrape_url = exporter("--redis", url)
+        samples = _samples(_scrape(scrape_url))
+        model = (("instance", a.instance_id), ("model", "gpt-4o"), ("provider", "openai"))
+        assert samples[("pi_dash_store_up", ())] == 1
+        assert samples[("pi_dash_instances", (("status", "alive"),))] == 1
+        assert samples[("pi_dash_instance_pending_tasks", (("instance", a.instance_id),))] == 4
+        assert samples[("pi_dash_model_429s_total", model)] == 1
+        assert 30 < samples[("pi_dash_backoff_remaining_seconds", (("model", "gpt-4o"), ("provider", "openai")))] <= 40
+        assert samples[("pi_dash_rate_limit_used", (("provider", "openai"),))] == 1
+        a.update_workload(7)
+        assert _samples(_scrape(scrape_url))[("pi_dash_instance_pending_tasks", (("instance", a.instance_id),))] == 7
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=30) == 0
+    finally:
+        a.unregister()

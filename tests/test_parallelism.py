@@ -152,6 +152,20 @@ def test_state_is_persisted_for_other_processes(store, clock):
     assert data["formatVersion"] == 1 and data["instanceId"] == "sess-x"
 
 
+def test_own_429s_are_counted_for_good_and_others_are_not(store, clock):
+    """``own429Total`` is a counter (Prometheus' 429s total): the 5-minute window forgets, it does not,
+    and a 429 another instance reported is that instance's to count."""
+    adjuster = DynamicParallelismAdjuster(clock=clock, store=store, instance_id="sess-x")
+    adjuster.adjust_for_error(P, M, "429")
+    adjuster.adjust_for_error(P, M, "429", seen_by="sess-y")
+    adjuster.adjust_for_error(P, M, "timeout")
+    clock.advance(10 * 60_000)
+    adjuster.adjust_for_error(P, M, "429")
+    adjuster.shutdown()
+    model = json.loads(store.read(PARALLELISM, "sess-x").data)["models"]["openai:gpt-4o"]
+    assert (model["recent429Count"], model["own429Total"]) == (1, 2)
+
+
 def test_summary_and_module_functions():
     reset_parallelism_adjuster()
     assert get_parallelism(P, M) == 4

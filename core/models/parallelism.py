@@ -50,6 +50,9 @@ class ModelParallelism(Record):
     active_requests: Count = 0
     recent_errors: tuple[RecentError, ...] = ()
     recent429_count: Count = 0
+    # 429s this instance itself received for the model since it started: a counter (it
+    # restarts with the instance), where recent429_count is a 5-minute window.
+    own429_total: Count = 0
     avg_response_ms: DurationMs = 0
     healthy: bool = True
     recommended_backoff_ms: DurationMs = 0
