@@ -170,8 +170,7 @@ class Coordinator:
         """
         with self._state:
             if self._info is None:
-                if isinstance(self.store, DirectoryStore):
-                    self.store.ensure_layout()
+                self.store.ensure_layout()
                 now = self.clock.now_ms()
                 session_id = session_id or secrets.token_hex(8)
                 pid = os.getpid()

@@ -252,6 +252,10 @@ class Store(ABC):
         """
         return time.time_ns() // 1_000_000
 
+    def ensure_layout(self) -> None:
+        """Make the store ready for an instance's writes (a directory creates its folders).
+        Optional: a store whose keys need no containers has nothing to do."""
+
     def event_log_problems(self) -> list[tuple[str, str]]:
         """``(where, reason)`` for parts of the event log that cannot be read. Optional."""
         return []
