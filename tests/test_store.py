@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import stat
 
@@ -42,6 +43,33 @@ def test_create_is_create_if_absent(store):
     assert not store.create(LOCKS, "r", b"second")
     assert store.read(LOCKS, "r").data == b"first"
     assert sorted(p.name for p in (store.root / "locks").iterdir()) == ["r.lock"]
+
+
+def test_a_create_is_one_unnamed_file_linked_in_place(store):
+    """O_TMPFILE then linkat: the lock's directory never holds a temporary name."""
+    assert store.create(LOCKS, "r", b"lock")
+    path = store.root / "locks" / "r.lock"
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600 and path.stat().st_nlink == 1
+    assert store._unnamed_files, "this file system has unnamed files: the create should have used one"
+
+
+def test_a_file_system_without_unnamed_files_creates_through_a_named_temporary_file(store, monkeypatch):
+    real_open = os.open
+    tries = []
+
+    def no_tmpfile(path, flags, *args, **kwargs):
+        if flags & os.O_TMPFILE == os.O_TMPFILE:
+            tries.append(path)
+            raise OSError(errno.EOPNOTSUPP, os.strerror(errno.EOPNOTSUPP))
+        return real_open(path, flags, *args, **kwargs)
+
+    monkeypatch.setattr(os, "open", no_tmpfile)
+    assert store.create(LOCKS, "r", b"first")
+    assert not store.create(LOCKS, "r", b"second")
+    assert store.create(LOCKS, "s", b"other")
+    assert store.read(LOCKS, "r").data == b"first" and store.read(LOCKS, "s").data == b"other"
+    assert sorted(p.name for p in (store.root / "locks").iterdir()) == ["r.lock", "s.lock"]
+    assert len(tries) == 1  # asked once, then remembered
 
 
 def test_replace_if_and_delete_if_compare_exact_bytes(store):

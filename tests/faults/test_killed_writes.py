@@ -29,7 +29,7 @@ from tests.faults.conftest import finish, require_strace, start_actor
 
 pytestmark = pytest.mark.slow
 
-SYSCALLS = ("pwrite64", "write", "ftruncate", "rename", "fsync", "link")
+SYSCALLS = ("pwrite64", "write", "ftruncate", "rename", "fsync", "link", "linkat")
 EMISSION_S = 60 / RPM
 
 
