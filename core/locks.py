@@ -6,6 +6,15 @@ taking over an expired (or long-corrupt) lock and releasing are
 compare-and-swap / compare-and-delete on the exact bytes that were read, so a
 lock that changed hands in between is never removed.  A holder that dies keeps
 its lock until ``expiresAt`` and not a moment longer.
+
+Clocks may disagree: ``expiresAt`` is on the holder's clock and judged on the
+taker's, so a taker 60 s ahead (or a holder whose clock was an hour behind)
+would see a live lock as long expired.  So a lock is only free once the file
+is also as old as its lease (:func:`outlived_lease`): the file's age is read
+on one clock, the store's, and the lease is a span on one clock, the
+holder's, so neither process's offset counts.  A holder whose clock runs
+ahead keeps a lock it abandoned that much longer; that skew is a problem the
+snapshot shows.
 """
 
 from __future__ import annotations
@@ -37,6 +46,13 @@ def to_base36(number: int) -> str:
         number, rem = divmod(number, 36)
         out.append(digits[rem])
     return "".join(reversed(out))
+
+
+def outlived_lease(lock: DistributedLock, modified_ms: int, store_now_ms: int) -> bool:
+    """Whether the lock's file has been as old as the lock's lease, both measured
+    without the writer's or the reader's clock: the age on the store's clock
+    (``store_now_ms`` minus the file's ``modified_ms``), the lease on the holder's."""
+    return store_now_ms - modified_ms >= lock.lease_ms()
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,7 +108,7 @@ class LockService:
                 return None
             try:
                 current = DistributedLock.from_json(blob.data)
-                breakable = current.is_expired(lock.acquired_at)
+                breakable = self._expired(current, blob.modified_ms, lock.acquired_at)
             except CorruptRecord:
                 breakable = lock.acquired_at - blob.modified_ms >= CORRUPT_LOCK_GRACE_MS
             if not breakable:
@@ -100,6 +116,11 @@ class LockService:
             if self.store.replace_if(LOCKS, key, blob.data, data):
                 return self._remember(lock, data)
         return None
+
+    def _expired(self, lock: DistributedLock, modified_ms: int, now_ms: int) -> bool:
+        """Past its ``expiresAt`` on our clock, and its file as old as its lease on the
+        store's (asked only then: on a directory it costs a write)."""
+        return lock.is_expired(now_ms) and outlived_lease(lock, modified_ms, self.store.now_ms())
 
     def _remember(self, lock: DistributedLock, data: bytes) -> DistributedLock:
         if len(self._written) >= 1024:
@@ -140,7 +161,8 @@ class LockService:
             return None
         if found is None or found[0].lock_id != lock.lock_id:
             return None
-        renewed = lock.model_copy(update={"expires_at": self.clock.now_ms() + ttl_ms})
+        now = self.clock.now_ms()
+        renewed = lock.model_copy(update={"expires_at": now + ttl_ms, "written_at": now})
         data = renewed.to_json()
         if not self.store.replace_if(LOCKS, key, found[1].data, data):
             return None
@@ -150,12 +172,16 @@ class LockService:
     def cleanup_expired(self, entries: dict[str, Loaded[DistributedLock]]) -> list[str]:
         """Remove expired locks, and corrupt ones past their grace; returns the keys removed."""
         now = self.clock.now_ms()
+        store_now: int | None = None  # asked once, and only if some lock is past its expiresAt
         removed = []
         for key, entry in entries.items():
             if entry.raw is None:
                 continue  # unreadable (permissions, not a file): not ours to touch
             if entry.record is not None:
                 stale = entry.record.is_expired(now)
+                if stale:
+                    store_now = self.store.now_ms() if store_now is None else store_now
+                    stale = outlived_lease(entry.record, entry.modified_ms, store_now)
             else:
                 stale = now - entry.modified_ms >= CORRUPT_LOCK_GRACE_MS
             if stale and self.store.delete_if(LOCKS, key, entry.raw):

@@ -506,6 +506,23 @@ def _record_as_is(record: Record) -> Record:
     return record
 
 
+def _lock_clock_problem(key: str, lock: DistributedLock, offset_ms: int) -> Problem:
+    """A lock written by a holder whose clock is off: ``expiresAt`` means something else
+    to everyone else, so the lock is judged by its file's age (``core.locks``)."""
+    direction = "ahead of" if offset_ms > 0 else "behind"
+    consequence = (
+        "an abandoned lock stays held that much longer"
+        if offset_ms > 0
+        else f"the lock is still held until its file is {lock.lease_ms() // 1000} s old"
+    )
+    return Problem(
+        "clock-skew",
+        _where(LOCKS, key),
+        f"holder {lock.holder}'s clock was {abs(offset_ms) / 1000:.0f} s {direction} the file system's "
+        f"when it wrote the lock; {consequence}",
+    )
+
+
 def _where(space: Space, key: str) -> str:
     return f"{space.name}/{key}{space.suffix}"
 
@@ -1008,6 +1025,9 @@ class SnapshotBuilder:
                 expired = lock.is_expired(now)
                 if expired:
                     doomed.append(_where(LOCKS, key))
+                offset = lock.writer_offset_ms(entry.modified_ms)
+                if abs(offset) > CLOCK_SKEW_TOLERANCE_MS:
+                    problems.append(_lock_clock_problem(key, lock, offset))
                 lock_views.append(LockView(key, lock, now - lock.acquired_at, lock.ttl_left_ms(now), expired, entry.problem))
 
         all_stats = index.stats_by_id.values()

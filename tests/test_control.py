@@ -10,6 +10,7 @@ from core.control import FleetControl
 from core.coordinator import Coordinator
 from core.snapshot import SnapshotBuilder, Status
 from core.store import CONTROL, INSTANCES, LOCKS
+from tests.helpers import AgingClock
 
 
 def _status(store, clock=None) -> dict[str, Status]:
@@ -57,7 +58,7 @@ def test_an_instance_that_ignores_control_is_flagged_not_acknowledged(root, stor
 
 
 def test_release_lock_never_removes_a_lock_that_changed_hands(root, store):
-    clock = ManualClock(int(time.time() * 1000))
+    clock = AgingClock(store, now_ms=int(time.time() * 1000))
     holder = Coordinator(root=root, clock=clock)
     holder.register(heartbeat=False)
     seen = holder.try_acquire_lock("steal:x", ttl_ms=1_000)

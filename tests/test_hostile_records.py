@@ -66,6 +66,7 @@ from core.snapshot import SnapshotBuilder, Status
 from core.store import DirectoryStore
 from core.store.directory import encode_key
 from pi_dashboard import cli
+from tests.helpers import write_dated
 from tests.test_hostile_files import NEIGHBOUR, NEIGHBOUR_ENTRIES, iso, lock_doc, pretty, valid_doc
 
 EXAMPLES = int(os.environ.get("PI_DASH_HOSTILE_EXAMPLES", "80"))
@@ -303,7 +304,7 @@ def fleet() -> Iterator[Fleet]:
         (root / "queue-states" / f"{NEIGHBOUR}.json").write_bytes(pretty(queue))
         (root / "locks").mkdir()
         expired = lock_doc("gone", now - 120_000)
-        (root / "locks" / "steal_gone.lock").write_bytes(pretty(expired))
+        write_dated(root / "locks" / "steal_gone.lock", pretty(expired), expired["acquiredAt"])
         config = root / "config.json"
         config.write_bytes(pretty(FAST))
         coordinator = Coordinator(DirectoryStore(root), clock=ManualClock(now_ms=now), env={}, settings=parse_settings(FAST, "t"))
@@ -549,7 +550,7 @@ def test_a_name_that_is_not_utf8_never_stops_the_cleanup(tmp_path: Path) -> None
     with open(dead, "wb") as handle:
         handle.write(pretty(doc))
     os.utime(dead, ns=((now - 600_000) * 10**6,) * 2)
-    (tmp_path / "locks" / "steal_gone.lock").write_bytes(pretty(lock_doc("gone", now - 120_000)))
+    write_dated(tmp_path / "locks" / "steal_gone.lock", pretty(lock_doc("gone", now - 120_000)), now - 120_000)
     coordinator = Coordinator(store, clock=ManualClock(now_ms=now), env={})
     coordinator.register(heartbeat=False)
     try:
@@ -563,7 +564,7 @@ def test_a_failing_step_is_reported_and_the_next_still_runs(tmp_path: Path, monk
     now = time.time_ns() // 1_000_000
     coordinator = Coordinator(DirectoryStore(tmp_path), clock=ManualClock(now_ms=now), env={})
     coordinator.register(heartbeat=False)
-    (tmp_path / "locks" / "steal_gone.lock").write_bytes(pretty(lock_doc("gone", now - 120_000)))
+    write_dated(tmp_path / "locks" / "steal_gone.lock", pretty(lock_doc("gone", now - 120_000)), now - 120_000)
 
     def broken() -> list[str]:
         raise RuntimeError("a bug in one step")

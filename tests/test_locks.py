@@ -4,9 +4,18 @@ from __future__ import annotations
 
 import os
 
+import pytest
+
 from core.locks import CORRUPT_LOCK_GRACE_MS, LockService, lock_key
 from core.models import DistributedLock
 from core.store import LOCKS, RecordCache
+from tests.helpers import AgingClock
+
+
+@pytest.fixture
+def clock(store) -> AgingClock:
+    """Locks expire by their files' age as well: the files age as the injected clock moves."""
+    return AgingClock(store)
 
 
 def test_lock_file_is_named_and_shaped_as_pi_writes_it(store, clock, root):

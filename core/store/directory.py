@@ -80,6 +80,7 @@ EVENTS_DIR = "pi-dash/events"
 EVENTS_MAX_BYTES = 2 * 1024 * 1024
 EVENTS_SEGMENTS_KEPT = 3
 CONFIG_FILE = "coordinator.json"
+CLOCK_PROBE = ".pi-dash-clock"  # rewritten to read the file system's clock (DirectoryStore.now_ms)
 GUARD_WAIT_S = 2.0  # a guard is held for a few system calls: waiting longer means its holder is stopped
 THREAD_STRIPES = 64  # threads of one process share an in-place file's descriptor: a lock per stripe
 MAX_BLOB_BYTES = 8 * 1024 * 1024
@@ -239,7 +240,7 @@ class DirectoryStore(Store):
         """A directory with things in it but none that pi or pi-dash writes is not a
         coordination directory (an empty one is simply one nobody has used yet)."""
         try:
-            names = set(os.listdir(self._root))
+            names = set(os.listdir(self._root)) - {CLOCK_PROBE}
         except OSError:
             return None  # check() says why
         ours = {space.name.partition("/")[0] for space in ALL_SPACES} | {CONFIG_FILE}
@@ -328,6 +329,37 @@ class DirectoryStore(Store):
         self._writable("creating the layout")
         for space in ALL_SPACES:
             self._ensure_dir(self._dir(space))
+
+    def now_ms(self) -> int:
+        """Now, on the clock that stamps the files: the time the kernel (or, on NFS, the
+        file server) gives a one-byte write to :data:`CLOCK_PROBE` in the root.
+
+        A write, not ``utime``: a process whose clock is shifted (``faketime``, a
+        container with its own idea of the time, another host writing over NFS) also
+        shifts what ``utime`` sets, but never the stamp the kernel puts on a write.
+        Only asked where a record's age decides something (a lock past its
+        ``expiresAt``, a 429 deadline still ahead).  A store that may not write (read-only,
+        no root yet, a probe that is not a regular file) falls back to this process's clock.
+        """
+        if self.read_only:
+            return super().now_ms()
+        try:
+            self._check_owner()
+        except StoreError:
+            return super().now_ms()  # nothing is written into another user's root
+        path = os.path.join(self._root, CLOCK_PROBE)
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, 0o600)
+        except OSError:
+            return super().now_ms()
+        try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode) or os.pwrite(fd, b"\n", 0) != 1:
+                return super().now_ms()
+            return os.fstat(fd).st_mtime_ns // 1_000_000
+        except OSError:
+            return super().now_ms()
+        finally:
+            os.close(fd)
 
     # ---------------------------------------------------------------- guard
     @contextmanager

@@ -16,6 +16,7 @@ from core.snapshot import SnapshotBuilder, Status
 from core.store import CLAIMS, INSTANCES, LOCKS, RATE_LIMITS
 
 from tests.backends import spec_of
+from tests.helpers import AgingClock
 
 from . import workers
 
@@ -68,7 +69,7 @@ def test_events_come_back_in_order_from_a_cursor(any_store):
 
 
 def test_lock_semantics(any_store):
-    clock = ManualClock(1_900_000_000_000)
+    clock = AgingClock(any_store, now_ms=1_900_000_000_000)
     mine = LockService(any_store, "a", clock).try_acquire("steal:x", ttl_ms=1_000)
     other = LockService(any_store, "b", clock)
     assert mine is not None and other.try_acquire("steal:x") is None

@@ -74,6 +74,18 @@ def run(spec: dict[str, Any]) -> Any:
     if action == "take-over":
         lock = LockService(store, spec["holder"]).try_acquire(spec["resource"], ttl_ms=spec.get("ttl_ms", 60_000))
         return None if lock is None else lock.holder
+    if action == "contend":
+        # Try a lock `times` times, `pause_s` apart; report the grants and this process's clock.
+        import time
+
+        service = LockService(store, spec["holder"])
+        granted = 0
+        for attempt in range(spec["times"]):
+            if attempt:
+                time.sleep(spec.get("pause_s", 0.05))
+            if service.try_acquire(spec["resource"], ttl_ms=spec.get("ttl_ms", 60_000)) is not None:
+                granted += 1
+        return {"granted": granted, "clock_ms": time.time_ns() // 1_000_000}
     if action == "reserve":
         limiter = _limiter(store)
         granted = 0
