@@ -285,7 +285,9 @@ def freeze_mtimes(root: Path, now_ms: int = NOW) -> None:
 
     Checked-out files are "written" now (real time); against the frozen clock that
     would make the dead instance a clock-skew case, with a message that changes
-    every second.  Instance files get their heartbeat's time, the rest ``now - 30 s``.
+    every second.  Instance files get their heartbeat's time, lock files the time their
+    holder wrote them (a lock stamped at another time than its file is a clock-skew
+    problem too), the rest ``now - 30 s``.
     """
     for path in root.rglob("*"):
         if not path.is_file():
@@ -296,6 +298,8 @@ def freeze_mtimes(root: Path, now_ms: int = NOW) -> None:
                 at_ms = InstanceInfo.from_json(path.read_bytes()).heartbeat_ms
             except ValueError:
                 at_ms = now_ms - 600_000
+        elif path.parent.name == "locks":
+            at_ms = DistributedLock.from_json(path.read_bytes()).stamped_at
         os.utime(path, ns=(at_ms * 1_000_000, at_ms * 1_000_000))
 
 
