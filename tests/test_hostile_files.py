@@ -49,6 +49,7 @@ from core.models import InstanceInfo
 from core.snapshot import SnapshotBuilder, Status
 from core.store import DirectoryStore
 from core.store.directory import MAX_BLOB_BYTES, encode_key
+from tests.helpers import write_dated
 
 IS_ROOT = os.geteuid() == 0
 AHEAD = 200_000  # the engines' clock is this far ahead of the file system's
@@ -354,6 +355,9 @@ def build_fleet(root: Path, real_now: int, clock_now: int, config: bool = True) 
     for rel, doc in files.items():
         (root / rel).parent.mkdir(parents=True, exist_ok=True)
         (root / rel).write_bytes(pretty(doc))
+    # The lock's file written when its holder says (a lock stamped apart from its file is clock skew).
+    lock = f"locks/steal_{NEIGHBOUR}.lock"
+    write_dated(root / lock, pretty(files[lock]), clock_now)
 
 
 def neighbour_files(root: Path) -> dict[str, bytes]:

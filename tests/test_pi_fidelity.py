@@ -44,6 +44,7 @@ from core.coordinator import Coordinator
 from core.models import ActiveModelInfo, BroadcastQueueState, InstanceInfo, StealableQueueEntry
 from core.snapshot import FleetSnapshot, SnapshotBuilder
 from core.store import DirectoryStore
+from tests.helpers import write_dated
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "pi-fixtures"
 SCENARIOS = ("steady", "stale", "churn")
@@ -311,7 +312,11 @@ def replay(source: Path, dest: Path, shift: int) -> Path:
     shutil.copytree(source, dest)
     for sub in ("instances", "queue-states", "locks"):
         for path in (dest / sub).glob("*") if (dest / sub).is_dir() else ():
-            path.write_bytes(js_stringify(_shift_doc(json.loads(path.read_bytes()), shift)))
+            doc = _shift_doc(json.loads(path.read_bytes()), shift)
+            if sub == "locks":  # written when pi acquired it, as pi wrote it (else: clock skew)
+                write_dated(path, js_stringify(doc), doc["acquiredAt"])
+            else:
+                path.write_bytes(js_stringify(doc))
     return dest
 
 
