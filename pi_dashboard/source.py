@@ -24,12 +24,13 @@ import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from pathlib import Path
 
 from watchfiles._rust_notify import RustNotify  # the documented backend: its step can vary per wait
 
 from core.clock import SYSTEM_CLOCK, Clock
 from core.snapshot import FleetSnapshot, SnapshotBuilder
-from core.store import DirectoryStore, Space, Store, StoreError
+from core.store import Space, Store, StoreError
 
 log = logging.getLogger("pi_dash.source")
 
@@ -134,40 +135,46 @@ class FleetSource:
     def _run(self) -> None:
         polling = bool(self._force_polling)
         while not self._stop.is_set():
-            self._publish(self._build(None))
-            if not isinstance(self.store, DirectoryStore):
+            directory = self.store.watched_directory()
+            if directory is None:
                 self._follow_feed()
                 continue
             try:
-                self._watch(self.store, polling)
+                self._watch(directory, polling)
             except FileNotFoundError:
                 self.watching = "stopped"  # the directory is gone: report and retry
+                self._publish(self._build(None))
                 self._stop.wait(RETRY_S)
             except (OSError, RuntimeError) as exc:
                 if polling:
                     log.warning("watching failed even when polling: %s", exc)
+                    self._publish(self._build(None))
                     self._stop.wait(RETRY_S)
                 else:
                     log.warning("file watching unavailable (%s); polling instead", exc)
                     polling = True
 
     def _follow_feed(self) -> None:
-        """Stores that announce changes (Redis pub/sub): rebuild what they name, and every tick."""
-        subscribe = getattr(self.store, "subscribe", None)
-        if subscribe is None:
-            self.watching = "polling"
-            self._wake.wait(TICK_MS / 1000)
-            self._wake.clear()
-            return
+        """Stores that announce changes (Redis pub/sub): rebuild what they name, and every tick.
+        A store that announces nothing is rebuilt in full every tick."""
         try:
-            feed = subscribe()
+            feed = self.store.subscribe()
         except StoreError as exc:
             self._publish(SourceState(None, str(exc), "stopped"))
             self._stop.wait(RETRY_S)
             return
+        if feed is None:
+            self.watching = "polling"
+            self._publish(self._build(None))
+            self._wake.wait(TICK_MS / 1000)
+            self._wake.clear()
+            return
         self.watching = "pub/sub"
         batch = _Batch()
         try:
+            # Built once subscribed: a change made in between is in this build or on the feed
+            # (built before, it would wait for the next full rescan).
+            self._publish(self._build(None))
             while not self._stop.is_set() and not self._wake.is_set():
                 changes = feed.get(batch.wait_ms() / 1000)
                 hints: dict[Space, set[str]] = {}
@@ -184,21 +191,22 @@ class FleetSource:
             feed.close()
             self._wake.clear()
 
-    def _watch(self, store: DirectoryStore, polling: bool) -> None:
+    def _watch(self, directory: Path, polling: bool) -> None:
         self.watching = "polling" if polling else "inotify"
         last_change = time.monotonic()
         batch = _Batch()
-        with RustNotify([str(store.root)], False, polling, POLL_DELAY_MS, True, True) as notify:
+        with RustNotify([str(directory)], False, polling, POLL_DELAY_MS, True, True) as notify:
+            self._publish(self._build(None))  # once watched: no change falls between the two
             while not self._wake.is_set():
                 step = STEP_MS if time.monotonic() - last_change < BUSY_FOR_S else IDLE_STEP_MS
                 changes = notify.watch(self._debounce_ms, step, batch.wait_ms(), self._wake)
                 if self._wake.is_set():
                     break
-                if not store.root.exists():
-                    raise FileNotFoundError(store.root)
+                if not directory.exists():
+                    raise FileNotFoundError(directory)
                 if isinstance(changes, set) and changes:
                     last_change = time.monotonic()
-                    batch.add(hints_for(store, (path for _, path in changes)))
+                    batch.add(hints_for(self.store, (path for _, path in changes)))
                 else:
                     batch.add({})  # the tick (or the end of a build's wait): ages move on
                 if batch.ready():
@@ -249,7 +257,7 @@ class _Batch:
         return hints
 
 
-def hints_for(store: DirectoryStore, paths: Iterable[str]) -> dict[Space, set[str]] | None:
+def hints_for(store: Store, paths: Iterable[str]) -> dict[Space, set[str]] | None:
     """Per-space keys for changed paths; ``None`` (rescan everything) if one is not a known entry."""
     hints: dict[Space, set[str]] = {}
     for path in paths:

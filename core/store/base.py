@@ -16,6 +16,8 @@ import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,6 +86,15 @@ class Blob:
     data: bytes
     version: Version
     modified_ms: int
+
+
+class ChangeFeed(Protocol):
+    """Changes a store announces, as ``(space, key)`` pairs."""
+
+    def get(self, timeout: float) -> list[tuple[Space, str]]:
+        """What was announced within ``timeout`` seconds (raises :class:`StoreError` if the feed broke)."""
+
+    def close(self) -> None: ...
 
 
 class StoreError(Exception):
@@ -251,6 +262,23 @@ class Store(ABC):
         files; a backend whose blobs are stamped elsewhere overrides it.
         """
         return time.time_ns() // 1_000_000
+
+    # ----------------------------------------------------------- changes
+    # How a watcher learns of changes is the backend's to declare: a directory's files
+    # are watched where they lie (inotify), a server announces them on a feed.  A store
+    # with neither is polled.
+
+    def watched_directory(self) -> Path | None:
+        """The local directory whose file events are this store's changes, or ``None``. Optional."""
+        return None
+
+    def locate(self, path: str) -> tuple[Space, str] | None:
+        """The entry a changed file under :meth:`watched_directory` is, or ``None``. Optional."""
+        return None
+
+    def subscribe(self) -> ChangeFeed | None:
+        """A feed of the entries that change, or ``None`` if the store announces none. Optional."""
+        return None
 
     def ensure_layout(self) -> None:
         """Make the store ready for an instance's writes (a directory creates its folders).

@@ -311,6 +311,9 @@ class DirectoryStore(Store):
                 )
         self._owner_checked = True
 
+    def watched_directory(self) -> Path:
+        return self.root
+
     def locate(self, path: str) -> tuple[Space, str] | None:
         """The space and key a changed file path belongs to (for file watchers), if any."""
         try:

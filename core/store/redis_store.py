@@ -599,8 +599,10 @@ class RedisChangeFeed:
         changes: list[tuple[Space, str]] = []
         deadline = time.monotonic() + timeout
         while True:
-            remaining = deadline - time.monotonic()
-            message = self._store._call(lambda: self._pubsub.get_message(timeout=max(0.0, remaining)))
+            # Once something came, only what is already queued: waiting on for more would
+            # hold a lone change back for the whole timeout.
+            remaining = 0.0 if changes else max(0.0, deadline - time.monotonic())
+            message = self._store._call(lambda: self._pubsub.get_message(timeout=remaining))
             if message is None:
                 if changes or remaining <= 0:
                     return changes
@@ -609,8 +611,8 @@ class RedisChangeFeed:
             space = _SPACES.get(name)
             if space is not None:
                 changes.append((space, key))
-            if remaining <= 0:
-                return changes
+            if time.monotonic() >= deadline:
+                return changes  # a flood ends a batch too
 
     def close(self) -> None:
         try:
