@@ -47,7 +47,7 @@ from dataclasses import dataclass
 from .clock import SYSTEM_CLOCK, Clock
 from .events import EventLog
 from .models import CorruptRecord, GcraBucket, ProviderRateState
-from .models.parallelism import GRANT_SLOT_S
+from .models.parallelism import GRANT_SLOT_S, POOL, RESERVED_PREFIX
 from .provider_config import CrossInstanceSettings, ProviderLimit, default_settings
 from .semantics import model_matches
 from .store import RATE_LIMITS, Store
@@ -58,7 +58,6 @@ PERIOD_MS = 60_000
 # and waiting for it would stop the provider's requests for good: it is ignored.
 MAX_BOOKED_AHEAD_MS = 7 * 86_400_000
 MAX_RESERVED_SHARE = 0.8  # reservations may take at most this share of a provider's limit
-POOL = "pool"
 
 
 class RateLimitTimeout(TimeoutError):
@@ -224,7 +223,7 @@ class SharedRateLimiter:
         paths = [BucketSpec(POOL, pool_share, limit.burst * pool_share)]
         mine = reserved.get(self.instance_name or "")
         if mine:
-            paths.append(BucketSpec(f"reserved:{self.instance_name}", mine / rpm, limit.burst * mine / rpm))
+            paths.append(BucketSpec(f"{RESERVED_PREFIX}{self.instance_name}", mine / rpm, limit.burst * mine / rpm))
         model_bucket = None
         for pattern, model_limit in limit.models.items():
             if model_matches(pattern, model):

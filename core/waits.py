@@ -9,7 +9,8 @@ figures and when it ends:
   Retry-After, or computed as ``min(60 s, 1 s * 2^n)``), and who reported it;
 * ``parallelism``: requests in flight have reached the effective parallelism,
   and what lowered it (429s, timeouts, errors, instances sharing the model);
-* ``rate-limit``: the provider's shared limiter books its next slot N s ahead;
+* ``rate-limit``: the provider's shared limiter books its next slot N s ahead (or
+  sooner on capacity reserved for the instance);
 * ``lock``: another instance holds the lock on this instance's queue;
 * ``draining``: an operator asked it to finish and leave, so it starts nothing new.
 
@@ -29,6 +30,7 @@ from typing import Any
 
 from .clock import utc_from_ms
 from .models import DistributedLock, InstanceInfo, InstanceParallelism, ProviderRateState, SharedBackoff
+from .models.parallelism import RESERVED_PREFIX
 
 
 class WaitKind(str, Enum):
@@ -167,21 +169,31 @@ def _parallelism_reason(parallelism: InstanceParallelism) -> list[WaitReason]:
     return reasons
 
 
-def _rate_reason(state: ProviderRateState, now: int) -> WaitReason | None:
+def _rate_reason(state: ProviderRateState, instance_name: str | None, now: int) -> WaitReason | None:
+    """The shared pool's next slot; an instance with capacity reserved for it
+    (``reserved:{name}``, booked by no one else) takes whichever frees first.  The
+    reserved bucket's burst is in the config, not the record, so its slot is taken
+    at its theoretical arrival time: never later than the limiter would grant it."""
     ahead = math.ceil(state.next_slot_ms(now))
+    reserved = state.buckets.get(f"{RESERVED_PREFIX}{instance_name}") if instance_name else None
+    own_ahead = None if reserved is None else max(0, math.ceil(reserved.tat - now))
+    if own_ahead is not None:
+        ahead = min(ahead, own_ahead)
     if ahead <= 0:
         return None
     used = state.used_last_minute(now)
     effective = state.effective_requests_per_minute
+    own = "" if own_ahead is None else f", its reserved capacity's in {_seconds(own_ahead)}"
     return WaitReason(
         WaitKind.RATE_LIMIT,
         state.provider,
         ahead,
         f"rate {_brief(ahead)}",
         f"the {state.provider} rate limiter, whose next slot is in {_seconds(ahead)} "
-        f"({used}/{effective:.0f} requests in the last minute, configured {state.requests_per_minute:g})",
+        f"({used}/{effective:.0f} requests in the last minute, configured {state.requests_per_minute:g}{own})",
         {
             "nextSlotMs": ahead,
+            "reservedNextSlotMs": own_ahead,
             "usedLastMinute": used,
             "effectiveRequestsPerMinute": effective,
             "requestsPerMinute": state.requests_per_minute,
@@ -243,7 +255,7 @@ def instance_waits(
         reasons.extend(_parallelism_reason(parallelism))
         for provider in dict.fromkeys(key.partition(":")[0] for key in models):
             state = rate_limits.get(provider)
-            reason = _rate_reason(state, now) if state is not None else None
+            reason = _rate_reason(state, info.instance_name, now) if state is not None else None
             if reason is not None:
                 reasons.append(reason)
     for lock in locks_on:

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import json
+import math
+import tempfile
 import time
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from core.clock import utc_from_ms
+from core.clock import ManualClock, utc_from_ms
 from core.coordinator import Coordinator
 from core.locks import LockService
 from core.models import (
@@ -23,9 +25,11 @@ from core.models import (
     SharedBackoff,
 )
 from core.provider_config import parse_settings
+from core.ratelimit import SharedRateLimiter
 from core.slots import SlotTimeout
 from core.snapshot import SnapshotBuilder
 from core.stealing import steal_resource
+from core.store import DirectoryStore
 from core.waits import InstanceWaits, WaitKind, explain, instance_waits
 from pi_dashboard.cli import main
 
@@ -266,3 +270,42 @@ def test_why_for_a_lock_a_pi_instance_and_unknown_names(root, fleet, capsys):
     assert "No instance is called nobody" in capsys.readouterr().err
     assert main(["why", "sess-", "--root", str(root)]) == 1
     assert "2 instances match sess-" in capsys.readouterr().err
+
+
+@given(bookings=st.integers(0, 6), pool_bookings=st.integers(2, 8))
+def test_reserved_capacity_is_the_instance_s_own_way_past_a_full_pool(bookings, pool_bookings):
+    """An instance with capacity reserved for it waits for whichever of the pool and its own
+    bucket frees first; the wait shown is never shorter than the limiter's, nor (once the record
+    names its bucket: the reservation itself is in the config, which the dashboard has not)
+    longer than its own bucket's next theoretical arrival."""
+    config = {"crossInstance": {
+        "providers": {"openai": {"requestsPerMinute": 60, "burst": 1}},
+        "instances": {"alpha": {"reservedCapacity": 30}},
+    }}
+    settings = parse_settings(config, "test")
+    clock = ManualClock(NOW)
+    with tempfile.TemporaryDirectory() as tmp:
+        store = DirectoryStore(tmp)
+        store.ensure_layout()
+        other = SharedRateLimiter(store, settings, instance_name="other", clock=clock)
+        alpha = SharedRateLimiter(store, settings, instance_name="alpha", clock=clock)
+        for _ in range(pool_bookings):
+            assert other.reserve("openai", max_wait_ms=10 * 60_000) is not None
+        for _ in range(bookings):
+            alpha.reserve("openai", max_wait_ms=10 * 60_000)
+        state = alpha.state("openai")
+        for name, limiter in (("other", other), ("alpha", alpha)):
+            info = _info().model_copy(update={"instance_name": name})
+            waits = instance_waits(info, _parallelism(), {}, {"openai": state}, [], NOW)
+            shown = next((r.ends_in_ms for r in waits.reasons if r.kind is WaitKind.RATE_LIMIT), 0)
+            granted = limiter.reserve("openai", max_wait_ms=10 * 60_000)
+            actual = granted.wait_ms if granted is not None else None
+            if name == "other":
+                assert shown == math.ceil(state.next_slot_ms(NOW))  # the pool alone
+            else:
+                own = state.buckets.get("reserved:alpha")
+                assert actual is not None and shown >= actual - 1
+                if own is not None:
+                    assert shown <= max(0, math.ceil(min(state.next_slot_ms(NOW), own.tat - NOW)))
+                    assert shown < math.ceil(state.next_slot_ms(NOW)) or own.tat >= NOW + state.next_slot_ms(NOW)
+            state = alpha.state("openai")

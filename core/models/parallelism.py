@@ -96,6 +96,11 @@ class SharedBackoff(Record):
         return max(0, self.until - now_ms)
 
 
+# A provider's buckets: the pool everyone shares, and one per instance with reserved
+# capacity (``reserved:{instance name}``), which only that instance books.
+POOL = "pool"
+RESERVED_PREFIX = "reserved:"
+
 GRANT_SLOT_S = 5  # usage is counted per 5-second slot: 12 numbers a minute to keep, not 60
 
 
@@ -141,7 +146,7 @@ class ProviderRateState(Record):
     def next_slot_ms(self, now_ms: float) -> float:
         """How far ahead the shared pool's next free slot is (0: a request may start now):
         the pool's theoretical arrival time less its burst tolerance."""
-        pool = self.buckets.get("pool")
+        pool = self.buckets.get(POOL)
         if pool is None:
             return 0.0
         tolerance = (self.burst - 1) * 60_000 / max(self.effective_requests_per_minute, 1e-9)
