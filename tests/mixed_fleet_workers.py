@@ -158,22 +158,40 @@ class PiDouble:
             path.unlink(missing_ok=True)
 
 
+class Schedule:
+    """One worker's time line, the same for pi's and core's: a burst every ``BURST_EVERY``
+    seconds for ``seconds``, then its queue worked off (for at most ``DRAIN_S``)."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self.start = time.monotonic()
+        self.next_burst = self.start
+
+    def producing(self) -> bool:
+        return time.monotonic() - self.start < self.seconds
+
+    def over(self, queue_empty: bool) -> bool:
+        elapsed = time.monotonic() - self.start
+        return elapsed >= self.seconds and (queue_empty or elapsed > self.seconds + DRAIN_S)
+
+    def burst_due(self) -> bool:
+        if not self.producing() or time.monotonic() < self.next_burst:
+            return False
+        self.next_burst += BURST_EVERY
+        return True
+
+
 def run_pi(root: Path, log_path: str, seconds: float, name: str, burst: int) -> None:
     pi = PiDouble(root, name)
     log = Log(log_path, pi.id, "pi")
     rng = random.Random(name)
     queue: list[dict[str, object]] = []
     made = 0
-    start = time.monotonic()
-    next_burst = start
+    schedule = Schedule(seconds)
     pi.publish(queue)
-    while True:
-        elapsed = time.monotonic() - start
-        producing = elapsed < seconds
-        if not producing and (not queue or elapsed > seconds + DRAIN_S):
-            break
-        if producing and time.monotonic() >= next_burst:
-            next_burst += BURST_EVERY
+    while not schedule.over(queue_empty=not queue):
+        producing = schedule.producing()
+        if schedule.burst_due():
             for _ in range(burst):
                 entry = entry_doc(pi.id, f"{name}-{made}", rng.choice(["high", "normal", "low"]), now_ms())
                 made += 1
@@ -206,16 +224,11 @@ def run_core(root: Path, log_path: str, seconds: float, name: str, burst: int) -
     rng = random.Random(name)
     queue: list[StealableQueueEntry] = []
     made = 0
-    start = time.monotonic()
-    next_burst = start
+    schedule = Schedule(seconds)
     try:
-        while True:
-            elapsed = time.monotonic() - start
-            producing = elapsed < seconds
-            if not producing and (not queue or elapsed > seconds + DRAIN_S):
-                break
-            if producing and time.monotonic() >= next_burst:
-                next_burst += BURST_EVERY
+        while not schedule.over(queue_empty=not queue):
+            producing = schedule.producing()
+            if schedule.burst_due():
                 for _ in range(burst):
                     entry = StealableQueueEntry(
                         id=f"{name}-{made}",
