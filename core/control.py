@@ -1,6 +1,6 @@
 """Operator actions on a fleet, each through the store's atomic operations and each
-written to the event log: drain an instance, release a lock, remove a dead
-instance's files.  The dashboard calls these; it never touches files itself.
+written to the event log: drain an instance (and cancel that), release a lock,
+remove a dead instance's files.  The dashboard calls these; it never touches files itself.
 """
 
 from __future__ import annotations
@@ -66,6 +66,28 @@ class FleetControl:
         return ActionResult(True, f"drain requested for {instance_id}")
 
     @_refused_when_read_only
+    def cancel_drain(self, instance_id: str) -> ActionResult:
+        """Withdraw a drain request that has not completed, so the instance resumes taking work.
+
+        The request is removed only as it was read (compare-and-delete), so an
+        acknowledgement written meanwhile is read again, not lost.  A core instance
+        that was draining sees the request gone within a second and resumes; one that
+        never acknowledged never stopped.  An agent that already decided it was done
+        (``finish_drain``) still goes offline.
+        """
+        for _ in range(5):
+            found = read_request(self.store, instance_id)
+            if found is None:
+                return ActionResult(False, f"no drain request for {instance_id} to cancel")
+            request, seen = found
+            if request.completed_at is not None:
+                return ActionResult(False, f"{instance_id} has drained already and gone offline; nothing to cancel")
+            if self.store.delete_if(CONTROL, instance_id, seen):
+                self.events.emit("drain", f"drain of {instance_id} cancelled by {self.actor}")
+                return ActionResult(True, f"drain of {instance_id} cancelled")
+        return ActionResult(False, f"the drain request of {instance_id} kept changing; try again")
+
+    @_refused_when_read_only
     def release_lock(self, lock: DistributedLock) -> ActionResult:
         """Release ``lock`` only if it is still exactly that lock (same ``lockId``)."""
         result: LockRelease = LockService(self.store, self.actor, self.clock).release_if_current(lock)
@@ -82,6 +104,8 @@ class FleetControl:
         changed since (the instance came back), nothing is removed.
         """
         if not self.store.delete_if(INSTANCES, key, seen):
+            if self.store.read(INSTANCES, key) is None:
+                return ActionResult(False, f"{key} is gone already (removed meanwhile); nothing to remove")
             return ActionResult(False, f"{key} changed since it was seen dead; nothing removed")
         for space in (QUEUES, PARALLELISM, CONTROL):
             self.store.delete(space, key)

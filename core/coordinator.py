@@ -311,21 +311,33 @@ class Coordinator:
         return self._info is not None and self._info.draining_since is not None
 
     def check_control(self) -> None:
-        """Acknowledge a pending drain request (the heartbeat thread calls this every second)."""
-        if self._info is None or self.draining:
+        """Acknowledge a pending drain request, or resume when the request was withdrawn
+        (``FleetControl.cancel_drain``); the heartbeat thread calls this every second."""
+        if self._info is None:
             return
         with self._state:
-            found = read_request(self.store, self._info.instance_id)
-            if found is None or found[0].acknowledged_at is not None:
-                return
-            request, seen = found
-            now = self.clock.now_ms()
-            # Acknowledge first: once `draining` is visible the agent may finish
-            # at once, and its completion must find the acknowledgement written.
-            if not update_request(self.store, request, seen, acknowledged_at=now):
-                return  # changed meanwhile: look again next second
-            self._update(draining_since=now)
-        self.events.emit("drain", f"{self._info.instance_id} is draining (requested by {request.requested_by})")
+            instance_id = self._info.instance_id
+            if self.draining and self.store.read(CONTROL, instance_id) is None:
+                self._update(draining_since=None)  # withdrawn: take and steal work again
+                resumed = True
+            else:
+                resumed = False
+                found = read_request(self.store, instance_id)
+                if found is None or found[0].acknowledged_at is not None:
+                    return
+                request, seen = found
+                now = self.clock.now_ms()
+                # Acknowledge first: once `draining` is visible the agent may finish
+                # at once, and its completion must find the acknowledgement written.
+                if not update_request(self.store, request, seen, acknowledged_at=now):
+                    return  # changed meanwhile: look again next second
+                if not self.draining:  # a request made again after a cancel, before we resumed: still draining
+                    self._update(draining_since=now)
+        if resumed:
+            self.events.emit("drain", f"{instance_id} resumes: its drain was cancelled")
+            log.info("resuming: the drain request was withdrawn")
+            return
+        self.events.emit("drain", f"{instance_id} is draining (requested by {request.requested_by})")
         log.info("draining, as %s asked", request.requested_by)
 
     def finish_drain(self) -> None:

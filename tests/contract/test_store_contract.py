@@ -3,17 +3,20 @@
 from __future__ import annotations
 
 import multiprocessing
+import time
 
 import pytest
 
 from core.clock import ManualClock, utc_from_ms
+from core.control import FleetControl
 from core.coordinator import Coordinator
+from core.events import EventLog
 from core.locks import LockService
 from core.models import StealableQueueEntry
 from core.provider_config import parse_settings
 from core.ratelimit import SharedRateLimiter
 from core.snapshot import SnapshotBuilder, Status
-from core.store import CLAIMS, INSTANCES, LOCKS, RATE_LIMITS
+from core.store import CLAIMS, CONTROL, INSTANCES, LOCKS, RATE_LIMITS
 
 from tests.backends import spec_of
 from tests.helpers import AgingClock
@@ -144,3 +147,89 @@ def test_eight_thieves_claim_every_entry_exactly_once(any_store):
     taken = [entry for _, got, _ in results for entry in got]
     assert sorted(taken) == sorted(e.id for e in entries), "every entry stolen exactly once"
     assert len(set(taken)) == len(taken) == 300
+
+
+def _statuses(store) -> dict[str, Status]:
+    return {view.key: view.status for view in SnapshotBuilder(store, check_pids=False).build().instances}
+
+
+def test_a_cancelled_drain_is_withdrawn_and_the_instance_resumes(any_store):
+    worker = Coordinator(any_store, env={})
+    worker.register(heartbeat=False)
+    iid = worker.instance_id
+    control = FleetControl(any_store, "pi-dash@test")
+    assert control.cancel_drain(iid).message == f"no drain request for {iid} to cancel"
+    assert control.request_drain(iid).done
+    worker.check_control()
+    assert worker.draining and _statuses(any_store)[iid] is Status.DRAINING
+    result = control.cancel_drain(iid)
+    assert result.done and any_store.read(CONTROL, iid) is None
+    worker.check_control()
+    assert not worker.draining and _statuses(any_store)[iid] is Status.ALIVE
+    worker.check_control()  # nothing asked now: it stays as it is
+    assert not worker.draining
+    assert control.request_drain(iid).done  # drained again, to the end this time
+    worker.check_control()
+    worker.finish_drain()
+    assert not control.cancel_drain(iid).done and any_store.read(CONTROL, iid) is not None  # too late: offline
+    drains = [e.message for e in EventLog(any_store).read()[0] if e.kind == "drain"]
+    assert drains == [
+        f"drain requested for {iid}",
+        f"{iid} is draining (requested by pi-dash@test)",
+        f"drain of {iid} cancelled by pi-dash@test",
+        f"{iid} resumes: its drain was cancelled",
+        f"drain requested for {iid}",
+        f"{iid} is draining (requested by pi-dash@test)",
+        f"{iid} drained and went offline",
+    ]
+
+
+def test_a_drain_asked_again_before_the_instance_saw_the_cancel_still_holds(any_store):
+    worker = Coordinator(any_store, env={})
+    worker.register(heartbeat=False)
+    iid = worker.instance_id
+    control = FleetControl(any_store, "pi-dash@test")
+    control.request_drain(iid)
+    worker.check_control()
+    assert control.cancel_drain(iid).done and control.request_drain(iid).done  # within one poll
+    worker.check_control()
+    assert worker.draining  # the new request is acknowledged, the drain goes on
+    stored = any_store.read(CONTROL, iid)
+    assert stored is not None and b"acknowledgedAt" in stored.data
+
+
+@pytest.mark.slow
+def test_a_real_instance_resumes_taking_work_when_its_drain_is_cancelled(any_store):
+    """A separate process, its heartbeat thread polling for control: it drains, takes no work
+    while draining (though work is there), and steals once the drain is cancelled."""
+    spec = spec_of(any_store)
+    out, done = CTX.Queue(), CTX.Event()
+    proc = CTX.Process(target=workers.drains_then_resumes, args=(spec, 30.0, out, done))
+    proc.start()
+    try:
+        kind, iid = out.get(timeout=30)
+        assert kind == "registered"
+        control = FleetControl(any_store, "pi-dash@test")
+        assert control.request_drain(iid).done
+        assert out.get(timeout=5) == ("draining", None)
+        owner = Coordinator(any_store, env={})
+        owner.register(session_id="owner", heartbeat=False)
+        owner.update_workload(5)
+        now = utc_from_ms(ManualClock().now_ms())
+        entries = [StealableQueueEntry(id=f"e{n}", tool_name="bash", priority="normal", instance_id=owner.instance_id, enqueued_at=now) for n in range(5)]
+        owner.broadcast_queue_state(5, 1, entries)
+        time.sleep(0.5)  # the draining worker tries to steal all this while
+        assert out.empty(), "a draining instance took work"
+        cancelled_at = time.monotonic()
+        assert control.cancel_drain(iid).done
+        kind, entry = out.get(timeout=5)
+        resumed_in = time.monotonic() - cancelled_at
+        assert kind == "stole" and entry.startswith("e"), (kind, entry)
+        assert resumed_in < 2.5  # it polls every second
+        assert _statuses(any_store)[iid] is Status.ALIVE
+    finally:
+        done.set()
+        proc.join(10)
+        if proc.is_alive():
+            proc.kill()
+    assert proc.exitcode == 0

@@ -77,3 +77,32 @@ def contend_through_outages(spec: StoreSpec, name: str, seconds: float, start: A
         except StoreError:
             errors += 1  # it stays taken until its TTL passes: nobody else gets it before
     out.put((name, holds, errors))
+
+
+def drains_then_resumes(spec: StoreSpec, seconds: float, out: Any, done: Any) -> None:
+    """A core instance with its heartbeat thread (which looks for control requests every
+    second): report when it starts draining, any work it takes while draining (there must
+    be none), and the entry it steals once the drain is cancelled; leave when ``done``."""
+    store = open_store(spec)
+    coordinator = Coordinator(store, env={})
+    coordinator.register(session_id="drained")
+    out.put(("registered", coordinator.instance_id))
+    was_draining = False
+    deadline = time.monotonic() + seconds
+    try:
+        while time.monotonic() < deadline:
+            work = coordinator.safe_steal_work()
+            if coordinator.draining:
+                if not was_draining:
+                    out.put(("draining", None))
+                    was_draining = True
+                if work is not None:
+                    out.put(("stole while draining", work.entry.id))
+            elif work is not None:
+                out.put(("stole", work.entry.id) if was_draining else ("stole before draining", work.entry.id))
+                done.wait(seconds)
+                return
+            time.sleep(0.02)
+        out.put(("gave up", None))
+    finally:
+        coordinator.unregister()
