@@ -1,6 +1,6 @@
-"""Every dashboard action, once: the key bindings, the footer, the command palette and the
-help screen are all made from :data:`ACTIONS`, so read-only mode (which leaves out the
-actions that change the fleet) cannot forget one of them."""
+"""Every dashboard action, once: the key bindings (the app's and every table's), the footer,
+the command palette and the help screen are all made from :data:`ACTIONS`, so read-only
+mode (which leaves out the actions that change the fleet) cannot forget one of them."""
 
 from __future__ import annotations
 
@@ -30,14 +30,46 @@ class DashAction:
     palette: str | None = None  # the command palette's name; None: not in the palette
     changes_fleet: bool = False  # writes to the fleet: never offered read-only
     in_help: bool = True
+    scope: str = "app"  # "app", or "table": a key of the focused table (moving its cursor)
+    priority: bool = False  # taken before the focused widget sees the key (ctrl+c even in the filter box)
 
 
 ACTIONS: tuple[DashAction, ...] = (
-    DashAction("quit", "q", "q", "quit", footer="Quit"),
+    DashAction("quit", "q", "q", "quit", footer="Quit", in_help=False),
+    DashAction("quit", "ctrl+c", "q / ctrl+c", "quit (ctrl+c even while filtering)", priority=True),
     DashAction("help", "question_mark", "?", "this help", footer="Help"),
     DashAction(None, "", "ctrl+p", "command palette: every action by name"),
     DashAction(None, "", "tab / shift+tab", "move between panes"),
     DashAction(None, "", "1 .. 7", "on a small terminal, show that pane below the instances"),
+    DashAction("zoom", "z", "z", "zoom the focused pane to the whole screen; z again restores", footer="Zoom", palette="Zoom the focused pane, or restore"),
+    # In a table: the moves of less, vim and htop.  One help line per pair.
+    DashAction(None, "", "j k / down up", "next / previous row"),
+    DashAction(None, "", "g G / home end", "first / last row"),
+    DashAction(None, "", "ctrl+d ctrl+u", "half a page down / up (pagedown pageup: a page)"),
+    DashAction("move(1)", "j,down", "j", "next row", scope="table", in_help=False),
+    DashAction("move(-1)", "k,up", "k", "previous row", scope="table", in_help=False),
+    DashAction("move(-1000000000)", "g,home", "g", "first row", scope="table", in_help=False),
+    DashAction("move(1000000000)", "G,end", "G", "last row", scope="table", in_help=False),
+    DashAction("page(0.5)", "ctrl+d", "ctrl+d", "half a page down", scope="table", in_help=False),
+    DashAction("page(-0.5)", "ctrl+u", "ctrl+u", "half a page up", scope="table", in_help=False),
+    DashAction("page(1)", "pagedown", "pagedown", "a page down", scope="table", in_help=False),
+    DashAction("page(-1)", "pageup", "pageup", "a page up", scope="table", in_help=False),
+    DashAction("choose", "enter", "enter", "choose the row", scope="table", in_help=False),
+    DashAction(
+        "sort_next",
+        "s",
+        "s",
+        "sort the focused table by its next column (or click a header)",
+        footer="Sort",
+        palette="Sort the focused table by the next column",
+    ),
+    DashAction("sort_reverse", "S", "S", "reverse the sort (so does a second click on the same header)", palette="Reverse the focused table's sort"),
+    DashAction("filter", "slash", "/", "filter instances (id, cwd, model, status); escape clears", footer="Filter", palette="Filter instances"),
+    DashAction("clear_filter", "escape", "escape", "clear the filter", in_help=False),
+    DashAction("toggle_pause", "p", "p", "pause / resume live updates", footer="Pause", palette="Pause or resume updates"),
+    DashAction(
+        "next_theme", "t", "t", "next theme (remembered; built-in ones and ~/.config/pi-dash/themes/*.toml)", palette="Next theme"
+    ),
     DashAction("details", "enter", "enter", "details of the selected instance", palette="Show instance details"),
     DashAction(
         "drain",
@@ -46,6 +78,14 @@ ACTIONS: tuple[DashAction, ...] = (
         "drain the selected instance: it finishes its work, then goes offline",
         footer="Drain",
         palette="Drain the selected instance",
+        changes_fleet=True,
+    ),
+    DashAction(
+        "cancel_drain",
+        "c",
+        "c",
+        "cancel the drain of the selected instance: it resumes taking work",
+        palette="Cancel the selected instance's drain",
         changes_fleet=True,
     ),
     DashAction(
@@ -61,16 +101,9 @@ ACTIONS: tuple[DashAction, ...] = (
         "r",
         "r",
         "release the selected lock (locks pane)",
-        footer="Release lock",
+        footer="Release",
         palette="Release the selected lock",
         changes_fleet=True,
-    ),
-    DashAction("toggle_pause", "p", "p", "pause / resume live updates", footer="Pause", palette="Pause or resume updates"),
-    DashAction("cycle_sort", "s", "s", "cycle the instances' sort order", footer="Sort", palette="Cycle the instances' sort order"),
-    DashAction("filter", "slash", "/", "filter instances (id, cwd, model, status); escape clears", footer="Filter", palette="Filter instances"),
-    DashAction("clear_filter", "escape", "escape", "clear the filter", in_help=False),
-    DashAction(
-        "next_theme", "t", "t", "next theme (remembered; built-in ones and ~/.config/pi-dash/themes/*.toml)", footer="Theme", palette="Next theme"
     ),
     DashAction("start_demo", "D", "D", "start the built-in demo fleet (when there is no fleet)", in_help=False),
     *(
@@ -80,6 +113,7 @@ ACTIONS: tuple[DashAction, ...] = (
 )
 
 FLEET_CHANGING = frozenset(a.action for a in ACTIONS if a.changes_fleet and a.action)
+ZOOM_KEY = next(a.keys for a in ACTIONS if a.action == "zoom")
 
 
 def offered(read_only: bool) -> tuple[DashAction, ...]:
@@ -87,12 +121,13 @@ def offered(read_only: bool) -> tuple[DashAction, ...]:
     return tuple(a for a in ACTIONS if not (read_only and a.changes_fleet))
 
 
-def bindings() -> list[Binding]:
-    """Every action's binding; the app hides (and refuses) the fleet-changing ones when read-only."""
+def bindings(scope: str = "app") -> list[Binding]:
+    """The bindings of ``scope`` ("app" or "table"); the app hides (and refuses) the
+    fleet-changing ones when read-only."""
     return [
-        Binding(a.keys, a.action, a.footer or "", show=a.footer is not None)
+        Binding(a.keys, a.action, a.footer or "", show=a.footer is not None, priority=a.priority)
         for a in ACTIONS
-        if a.action is not None and a.keys
+        if a.action is not None and a.keys and a.scope == scope
     ]
 
 

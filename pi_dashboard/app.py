@@ -27,7 +27,7 @@ from core.snapshot import FleetSnapshot, InstanceView, Problem, Status
 from core.store import Store
 
 from .alerting import AlertSinks
-from .actions import FLEET_CHANGING, SECONDARY_PANES, bindings, offered
+from .actions import FLEET_CHANGING, SECONDARY_PANES, ZOOM_KEY, bindings, offered
 from .messages import ActionDone, ActionFailed, DemoStarted, RecordUnshown
 from .prefs import load_prefs, save_prefs
 from .screens.confirm import ConfirmScreen
@@ -40,6 +40,7 @@ from .widgets.backoff_table import BackoffTable
 from .widgets.event_log import EventLogView
 from .widgets.fleet_header import FleetHeader
 from .widgets.instances_table import InstancesTable
+from .widgets.keyed_table import KeyedTable
 from .widgets.locks_table import LocksTable
 from .widgets.parallelism_table import ParallelismTable
 from .widgets.problems_panel import ProblemsPanel
@@ -47,6 +48,7 @@ from .widgets.queue_chart import QueueChart
 from .widgets.steal_stats import StealStats
 
 OWN_PROBLEMS_KEPT = 100
+DRAIN_OVER = ("completed", "offline")  # states of a drain request that nothing can cancel
 COMPACT_WIDTH = 120
 COMPACT_HEIGHT = 34
 DEFAULT_THEME = "pi-dark"
@@ -117,6 +119,7 @@ class PiDashApp(App[None]):
         self.state: SourceState | None = None
         self._held: SourceState | None = None
         self.shown_pane = 1
+        self.zoomed: str | None = None  # the id of the pane that takes the whole body
         self.theme_names: list[str] = []
         self.prefs = load_prefs()
         self._asked_theme = theme
@@ -170,9 +173,12 @@ class PiDashApp(App[None]):
                 break
         if self._asked_theme is not None:
             self._save_prefs(theme=self.theme)
-        sort = self.prefs.sorts.get("instances")
-        if sort is not None:
-            self.query_one(InstancesTable).restore_sort(*sort)
+        for table in self.query(KeyedTable).results():
+            remembered = self.prefs.sorts.get(table.id or "")
+            if remembered is not None:
+                table.sort_by(*remembered)  # a column that no longer exists is ignored
+        for pane in self.query(".pane").results():
+            pane.can_focus = True  # tab reaches every pane, so any of them can be zoomed
         self.query_one("#instances").border_title = "Instances"
         for pane, title in SECONDARY_PANES:
             self.query_one(f"#{pane}").border_title = title
@@ -193,13 +199,23 @@ class PiDashApp(App[None]):
         self._layout_for(event.size.width, event.size.height)
 
     def _layout_for(self, width: int, height: int) -> None:
-        """Small terminals show the instances and one other pane (keys 1..7 pick which)."""
+        """Small terminals show the instances and one other pane (keys 1..7 pick which);
+        a zoomed pane takes the whole body at any size."""
         compact = width < COMPACT_WIDTH or height < COMPACT_HEIGHT
         self.set_class(compact, "-compact")
+        self.query_one(Footer).compact = compact  # less space between keys: the ones that matter fit in 80
+        self.set_class(self.zoomed is not None, "-zoomed")
         for number, (pane, _) in enumerate(SECONDARY_PANES, start=1):
             widget = self.query_one(f"#{pane}")
             widget.set_class(number == self.shown_pane, "-shown")
             widget.border_subtitle = f"{number} of 7 · keys 1-7 switch" if compact else ""
+        for widget in self.query(".pane").results():
+            zoomed = widget.id == self.zoomed
+            widget.set_class(zoomed, "-zoom")
+            if zoomed:
+                widget.border_subtitle = f"zoomed · {ZOOM_KEY} restores"
+            elif widget.id == "instances":
+                widget.border_subtitle = ""
 
     # ------------------------------------------------------------- updates
     def _announce(self) -> None:
@@ -234,6 +250,9 @@ class PiDashApp(App[None]):
             except Exception as exc:  # the last guard: the pane keeps what it showed, the app goes on
                 self._own_problem("unshown", UserText(f"pane {pane.__name__}"), UserText(f"{type(exc).__name__}: {exc}"))
         self._show_problems()
+        for screen in self.screen_stack:
+            if isinstance(screen, DetailsScreen):
+                screen.show(snapshot)
 
     def _show_problems(self) -> None:
         if self.snapshot is not None:
@@ -340,7 +359,10 @@ class PiDashApp(App[None]):
 
     def action_drain(self) -> None:
         view = self._selected_instance()
-        if view is None or view.info is None or view.status in (Status.DEAD, Status.OFFLINE, Status.DRAINING):
+        if view is not None and view.status is Status.DRAINING:
+            self.notify(f"{UserText(view.instance_id)} is draining already; c cancels the drain.", severity="warning", markup=False)
+            return
+        if view is None or view.info is None or view.status in (Status.DEAD, Status.OFFLINE):
             self.notify("Select a live instance to drain.", severity="warning")
             return
         instance = UserText(view.instance_id)
@@ -349,6 +371,23 @@ class PiDashApp(App[None]):
         def answered(yes: bool | None) -> None:
             if yes:
                 self._run_action(f"drain {instance}", lambda: self.control.request_drain(view.instance_id))
+
+        self.push_screen(ConfirmScreen(*question), answered)
+
+    def action_cancel_drain(self) -> None:
+        view = self._selected_instance()
+        asked = None
+        if view is not None and self.snapshot is not None:
+            asked = next((c for c in self.snapshot.controls if c.instance_id == view.instance_id and c.state not in DRAIN_OVER), None)
+        if view is None or asked is None:
+            self.notify("Select an instance that is draining (or asked to) to cancel its drain.", severity="warning")
+            return
+        instance = UserText(view.instance_id)
+        question = ("Cancel the drain of ", instance, "?\nIt resumes taking and stealing work (a core instance within a second).")
+
+        def answered(yes: bool | None) -> None:
+            if yes:
+                self._run_action(f"cancel drain {instance}", lambda: self.control.cancel_drain(view.instance_id))
 
         self.push_screen(ConfirmScreen(*question), answered)
 
@@ -387,11 +426,35 @@ class PiDashApp(App[None]):
         self.paused = not self.paused
         self._note("pause", "updates paused" if self.paused else "updates resumed")
 
-    def action_cycle_sort(self) -> None:
-        table = self.query_one(InstancesTable)
-        label = table.next_sort()
-        self._note("sort", f"instances sorted by {label}")
-        self._save_prefs(sorts={**self.prefs.sorts, "instances": table.sort_state})
+    def _sorted_table(self) -> KeyedTable:
+        """The table ``s`` / ``S`` sort: the focused one, else the instances."""
+        focused = self.focused
+        return focused if isinstance(focused, KeyedTable) else self.query_one(InstancesTable)
+
+    def action_sort_next(self) -> None:
+        self._sorted_table().sort_next()
+
+    def action_sort_reverse(self) -> None:
+        self._sorted_table().sort_reversed()
+
+    @on(KeyedTable.Sorted)
+    def _table_sorted(self, event: KeyedTable.Sorted) -> None:
+        """A person sorted a table (a key or a header click): noted, and remembered for the next run."""
+        table = event.table
+        self._note("sort", f"{table.border_title or table.id} sorted by {table.sort_label}")
+        if table.id:
+            self._save_prefs(sorts={**self.prefs.sorts, table.id: table.sort_state})
+
+    def action_zoom(self) -> None:
+        """The focused pane takes the whole body, or the zoomed one gives it back."""
+        if self.zoomed is not None:
+            self.zoomed = None
+        else:
+            node = self.focused
+            while node is not None and not node.has_class("pane"):
+                node = node.parent
+            self.zoomed = node.id if node is not None and node.id else "instances"
+        self._layout_for(self.size.width, self.size.height)
 
     def _save_prefs(self, **changes: object) -> None:
         """Remember a theme or sort for the next run (interactive dashboards only)."""
@@ -444,10 +507,10 @@ class PiDashApp(App[None]):
 
     def action_show_pane(self, number: int) -> None:
         self.shown_pane = number
+        if self.zoomed is not None:
+            self.zoomed = SECONDARY_PANES[number - 1][0]  # zoomed: the picked pane takes the body
         self._layout_for(self.size.width, self.size.height)
-        pane = self.query_one(f"#{SECONDARY_PANES[number - 1][0]}")
-        if pane.can_focus:
-            pane.focus()
+        self.query_one(f"#{SECONDARY_PANES[number - 1][0]}").focus()
 
     def action_start_demo(self) -> None:
         """Spawning six processes takes a while: a worker does it, the screen stays live."""

@@ -10,7 +10,8 @@ somebody stole), steals when idle, runs every task as one to three simulated
 LLM calls through ``llm_slot`` on a few threads, meets a fleet-wide "429 storm"
 now and then, and takes a ``repo:{project}`` lock for a few seconds from time
 to time.  Asked to drain, it takes and steals nothing more, lets its in-flight
-calls finish, calls ``finish_drain`` and exits 0.  On SIGTERM it unregisters and
+calls finish, stays draining a few seconds (a drain cancelled meanwhile puts it
+back to work), calls ``finish_drain`` and exits 0.  On SIGTERM it unregisters and
 exits at once (status 143).
 
 Nothing is random across processes where it must agree: the 429 storms are a
@@ -78,7 +79,7 @@ MAX_STEALABLE = 10  # entries offered to thieves
 MAX_CONCURRENT_TASKS = 3
 SLOT_TIMEOUT_S = 3.0  # a call waiting longer gives up and tries again (or stops, when draining)
 CALL_SECONDS = (0.2, 1.5)
-DRAIN_LINGER_S = 2.0  # stay visibly "draining" at least this long
+DRAIN_LINGER_S = 5.0  # stay visibly "draining" at least this long (long enough to cancel it by hand)
 LOCK_TTL_MS = 8_000
 LOCK_CHANCE_PER_TICK = 0.08
 LOCK_HOLD_S = (2.0, 5.0)
@@ -266,6 +267,9 @@ class DemoWorker:
             return False
         if c.draining:
             return self._drain_round()
+        if self._drain_seen_at is not None:  # the drain was cancelled: back to work
+            log.info("drain cancelled; taking work again")
+            self._drain_seen_at = None
         self._generate()
         self._drop_stolen()
         capacity = self._capacity()

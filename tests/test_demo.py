@@ -203,7 +203,7 @@ def test_demo_fleet_end_to_end(tmp_path: Path) -> None:
         wait_for(
             builder.build,
             lambda s: (v := s.instance(target.instance_id)) is not None and v.status is Status.OFFLINE,
-            10,
+            15,  # its in-flight calls, then five seconds of draining
             f"{target.instance_id} offline",
         )
         print(f"drained after {time.monotonic() - began:.1f} s")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from rich.console import RenderableType
+from rich.console import Group, RenderableType
 from rich.table import Table
 from rich.text import Text
 from textual.app import ComposeResult
@@ -124,21 +124,50 @@ def describe(view: InstanceView, snapshot: FleetSnapshot) -> list[RenderableType
 
 
 class DetailsScreen(ModalScreen[None]):
+    """The details of one instance, redrawn from every new snapshot the app shows
+    (none while paused); when the instance leaves the fleet the title says so and
+    the last details stay below it."""
+
     BINDINGS = [Binding("escape,q,enter", "dismiss", "Close")]
 
     def __init__(self, view: InstanceView, snapshot: FleetSnapshot) -> None:
         super().__init__()
         self.view = view
         self.snapshot = snapshot
+        self.gone = False
 
     def compose(self) -> ComposeResult:
+        title, body = self._describe()
         with VerticalScroll(id="details"):
-            try:
-                parts = describe(self.view, self.snapshot)
-            except Exception as exc:  # the last guard: the record is shown as a problem, the app goes on
-                reason = UserText(f"cannot show this instance: {type(exc).__name__}: {exc}")
-                self.app.post_message(RecordUnshown(UserText(f"details/{self.view.key}"), reason))
-                parts = [UserText(self.view.key).text("bold"), reason.text()]
-            title, *rest = parts
-            yield Static(title, classes="title")
-            yield from (Static(part) for part in rest)
+            yield Static(title, classes="title", id="details-title")
+            yield Static(body, id="details-body")
+
+    def show(self, snapshot: FleetSnapshot) -> None:
+        """Follow the fleet: the instance's newest view, or word that it is gone."""
+        view = next((v for v in snapshot.instances if v.key == self.view.key), None)
+        if view is None:
+            if self.gone:
+                return
+            self.gone = True
+        else:
+            self.gone = False
+            self.view, self.snapshot = view, snapshot
+        title, body = self._describe()
+        self.query_one("#details-title", Static).update(title)
+        self.query_one("#details-body", Static).update(body)
+
+    def _describe(self) -> tuple[Text, RenderableType]:
+        try:
+            title, *rest = describe(self.view, self.snapshot)
+        except Exception as exc:  # the last guard: the record is shown as a problem, the app goes on
+            reason = UserText(f"cannot show this instance: {type(exc).__name__}: {exc}")
+            self.app.post_message(RecordUnshown(UserText(f"details/{self.view.key}"), reason))
+            title, rest = UserText(self.view.key).text("bold"), [reason.text()]
+        assert isinstance(title, Text)
+        if self.gone:
+            title = title.copy()
+            title.append(
+                f"\ngone: no longer in the fleet (last seen {clock_time(self.snapshot.taken_at_ms)}); below is what it showed then",
+                style="bold reverse",
+            )
+        return title, Group(*rest)

@@ -5,21 +5,19 @@ from __future__ import annotations
 from core.snapshot import BackoffView, FleetSnapshot
 
 from ..text import UserText, duration
-from .keyed_table import SHORT_ID, Cell, Column, KeyedTable, Row, by_value
+from .keyed_table import SHORT_ID, Cell, Column, KeyedTable, Row
 from .palette import role_style
 
 
 class BackoffTable(KeyedTable):
     COLUMNS = (
         ("model", "Provider/model"),
-        Column("left", "Wait", "right"),
-        Column("count", "429s/5m", "right"),
-        Column("waiting", "Waiting", "right"),
+        Column("left", "Wait", "right", descending=True),
+        Column("count", "429s/5m", "right", descending=True),
+        Column("waiting", "Waiting", "right", descending=True),
         ("by", "Last reported by"),
     )
-
-    def on_mount(self) -> None:
-        self.sort_by("left", key=by_value, reverse=True)
+    SORT = ("left", True)  # the longest wait first
 
     def show(self, snapshot: FleetSnapshot) -> None:
         rows = {}
@@ -38,7 +36,7 @@ class BackoffTable(KeyedTable):
                 view.remaining_ms,
                 style=role_style(self.app, "error" if view.active else "success"),
             ),
-            Cell(str(view.recent429s)),
-            Cell(str(view.instances_waiting)),
+            Cell(str(view.recent429s), view.recent429s),
+            Cell(str(view.instances_waiting), view.instances_waiting),
             Cell(UserText(view.last_reported_by or "").clip_middle(SHORT_ID)),
         )

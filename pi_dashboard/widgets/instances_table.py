@@ -5,7 +5,7 @@ from __future__ import annotations
 from core.snapshot import FleetSnapshot, InstanceView, Status
 
 from ..text import UserText, duration
-from .keyed_table import Cell, Column, KeyedTable, Row, by_value
+from .keyed_table import Cell, Column, KeyedTable, Row
 from .palette import status_style
 
 STATUS_ORDER = {s: n for n, s in enumerate([Status.CORRUPT, Status.DEAD, Status.STALLED, Status.STALE, Status.DRAINING, Status.ALIVE, Status.OFFLINE])}
@@ -17,50 +17,18 @@ class InstancesTable(KeyedTable):
         ("pid", "PID"),
         ("status", "Status"),
         ("claims", "Claims"),
-        Column("beat", "Beat", "right"),
-        Column("pending", "Pend", "right"),
-        Column("limit", "Lim", "right"),
+        Column("beat", "Beat", "right", descending=True),
+        Column("pending", "Pend", "right", descending=True),
+        Column("limit", "Lim", "right", descending=True),
         ("wait", "Wait"),
-        Column("latency", "Lat", "right"),
+        Column("latency", "Lat", "right", descending=True),
         ("models", "Models"),
         ("cwd", "Cwd"),
-    )
-    SORTS = (
-        ("id", "instance id", False),
-        ("status", "status (worst first)", False),
-        ("pending", "pending (most first)", True),
-        ("beat", "heartbeat age (oldest first)", True),
-        ("cwd", "cwd", False),
     )
 
     def __init__(self, **kwargs: object) -> None:
         super().__init__(**kwargs)
         self.filter_text = ""
-        self.sort_index = 0
-
-    def on_mount(self) -> None:
-        self.apply_sort()
-
-    def apply_sort(self) -> str:
-        column, label, reverse = self.SORTS[self.sort_index]
-        self.sort_by(column, key=by_value, reverse=reverse)
-        return label
-
-    def next_sort(self) -> str:
-        self.sort_index = (self.sort_index + 1) % len(self.SORTS)
-        return self.apply_sort()
-
-    @property
-    def sort_state(self) -> tuple[str, bool]:
-        """(column key, reversed): what is remembered between runs."""
-        column, _, reverse = self.SORTS[self.sort_index]
-        return column, reverse
-
-    def restore_sort(self, column: str, reverse: bool) -> None:
-        for index, (key, _, descending) in enumerate(self.SORTS):
-            if (key, descending) == (column, reverse):
-                self.sort_index = index
-                self.apply_sort()
 
     def _row(self, view: InstanceView, unanswered: set[str], wait: str) -> Row:
         info = view.info
@@ -75,9 +43,9 @@ class InstancesTable(KeyedTable):
             Cell(("yes" if view.honours_claims else "no") if info else ""),
             Cell(duration(age, whole_seconds=True), (age // 1000) if age is not None else -1),
             Cell(str(view.pending) if info else "", view.pending),
-            Cell(str(view.parallel_limit) if view.parallel_limit is not None else ""),
+            Cell(str(view.parallel_limit) if view.parallel_limit is not None else "", view.parallel_limit if view.parallel_limit is not None else -1),
             Cell(wait),
-            Cell(latency),
+            Cell(latency, info.avg_latency_ms if info and info.avg_latency_ms is not None else -1),
             Cell(models),
             Cell(UserText(info.cwd if info else view.problem or "")),
         )

@@ -8,6 +8,10 @@ refreshes exactly those three screen lines, and an unchanged snapshot
 refreshes nothing.  The cursor follows its row (by key, not by index) through
 sorting, filtering and updates; the header stays on the first line while the
 body scrolls.
+
+Every table sorts by any of its columns, the same way: ``s`` / ``S`` (the app's
+keys, on the focused table) or a click on a header; the sorted column's header
+carries an arrow.  The order comes from each :class:`Cell`'s sort value.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from textual.message import Message
 from textual.scroll_view import ScrollView
 from textual.strip import Strip
 
+from ..actions import bindings
 from ..messages import RecordUnshown
 from ..text import UserText, escaped
 
@@ -38,6 +43,7 @@ class Column(NamedTuple):
     key: str
     label: str
     justify: str = "left"  # "left" or "right" (counts and durations line up on the right)
+    descending: bool = False  # sorting on it starts largest first (most pending, oldest, longest)
 
 
 class Cell(Text):
@@ -62,25 +68,27 @@ class Cell(Text):
     __hash__ = None  # type: ignore[assignment]
 
 
-def by_value(cell: Any) -> Any:
-    """Sort key for :class:`Cell` columns."""
-    return cell.sort_value if isinstance(cell, Cell) else str(cell)
+def by_value(cell: Any) -> tuple[int, Any]:
+    """The sort key of a cell: its sort value, numbers before tuples before text, so a
+    column whose rows mix kinds (a record shown as unreadable, say) still sorts."""
+    value = cell.sort_value if isinstance(cell, Cell) else str(cell)
+    if isinstance(value, (int, float)):
+        return (0, value)
+    if isinstance(value, tuple):
+        return (1, value)
+    return (2, str(value))
+
+
+ASCENDING, DESCENDING = "▲", "▼"
 
 
 class KeyedTable(ScrollView, can_focus=True):
     """Subclasses declare ``COLUMNS`` (:class:`Column` or (key, label) pairs) and feed :meth:`sync`."""
 
     COLUMNS: ClassVar[Sequence[tuple[str, ...]]] = ()
+    SORT: ClassVar[tuple[str, bool]] = ("", False)  # the first run's (column key, reversed); "": the first column
     COMPONENT_CLASSES: ClassVar[set[str]] = {"keyed-table--header", "keyed-table--cursor", "keyed-table--even-row"}
-    BINDINGS: ClassVar[list[Binding]] = [
-        Binding("up", "move(-1)", "Up", show=False),
-        Binding("down", "move(1)", "Down", show=False),
-        Binding("pageup", "page(-1)", show=False),
-        Binding("pagedown", "page(1)", show=False),
-        Binding("home", "move(-1000000000)", show=False),
-        Binding("end", "move(1000000000)", show=False),
-        Binding("enter", "choose", "Details", show=False),
-    ]
+    BINDINGS: ClassVar[list[Binding]] = bindings("table")  # j/k, g/G, ctrl+d/u...: see actions.py
 
     class RowSelected(Message):
         """Enter (or a click on the row under the cursor) chose ``key``."""
@@ -96,6 +104,13 @@ class KeyedTable(ScrollView, can_focus=True):
         def control(self) -> KeyedTable:
             return self.table
 
+    class Sorted(Message):
+        """A person changed the sort (a key or a header click): the app notes and remembers it."""
+
+        def __init__(self, table: KeyedTable) -> None:
+            super().__init__()
+            self.table = table
+
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.columns = [Column(*spec) for spec in self.COLUMNS]
@@ -106,11 +121,11 @@ class KeyedTable(ScrollView, can_focus=True):
         self._header: Strip | None = None
         self._styles: dict[str, Style] = {}  # component class ("" for the body) -> its style, until styles change
         self._built: dict[str, tuple[object, Row]] = {}  # key -> (what its row was built from, the row)
-        self._widths = [len(column.label) for column in self.columns]
         self._cursor = 0
-        self._sort_column: int | None = None
-        self._sort_key: Callable[[Any], Any] = by_value
-        self._sort_reverse = False
+        column, self._sort_reverse = self.SORT
+        index = self._column_index(column)
+        self._sort_column = 0 if index is None else index
+        self._widths = self._measure()
 
     # ------------------------------------------------------------- reading
     @property
@@ -150,7 +165,7 @@ class KeyedTable(ScrollView, can_focus=True):
                 continue
             changed.append(key)
             self._lines.pop(key, None)
-            if self._sort_column is not None and (not old or old[self._sort_column] != cells[self._sort_column]):
+            if not old or old[self._sort_column] != cells[self._sort_column]:
                 reorder = True
             for column, cell in enumerate(cells):
                 widths[column] = max(widths[column], cell.cell_len)
@@ -196,10 +211,74 @@ class KeyedTable(ScrollView, can_focus=True):
         cells += [Cell("") for _ in self.columns[2:]]
         return tuple(cells[: len(self.columns)])
 
-    def sort_by(self, column: str, key: Callable[[Any], Any] = by_value, reverse: bool = False) -> None:
-        self._sort_column = next(n for n, c in enumerate(self.columns) if c.key == column)
-        self._sort_key, self._sort_reverse = key, reverse
+    # ------------------------------------------------------------- sorting
+    @property
+    def sort_state(self) -> tuple[str, bool]:
+        """(column key, reversed): what the app remembers between runs."""
+        return self.columns[self._sort_column].key, self._sort_reverse
+
+    @property
+    def sort_label(self) -> str:
+        """The sorted column's header, arrow included (``Pend ▼``)."""
+        column = self.columns[self._sort_column]
+        return f"{column.label} {DESCENDING if self._sort_reverse else ASCENDING}"
+
+    def sort_by(self, column: str, reverse: bool = False) -> bool:
+        """Sort by the column keyed ``column``; False (and nothing changes) if there is none."""
+        index = self._column_index(column)
+        if index is None:
+            return False
+        self._sort_column, self._sort_reverse = index, reverse
+        self._header = None
+        widths = self._measure()  # the arrow moved: two header cells changed width
+        if widths != self._widths:
+            self._widths = widths
+            self._lines.clear()
         self._reorder(self.selected_key)
+        return True
+
+    def sort_on(self, column: str) -> None:
+        """A person picked ``column``: sorted by it already reverses, else its own direction first."""
+        index = self._column_index(column)
+        if index is None:
+            return
+        if index == self._sort_column:
+            self.sort_by(column, not self._sort_reverse)
+        else:
+            self.sort_by(column, self.columns[index].descending)
+        self._show_column(index)
+        self.post_message(self.Sorted(self))
+
+    def sort_next(self) -> None:
+        """Sort by the next column (after the last, the first), each in its own direction first."""
+        self.sort_on(self.columns[(self._sort_column + 1) % len(self.columns)].key)
+
+    def sort_reversed(self) -> None:
+        self.sort_on(self.columns[self._sort_column].key)
+
+    def _column_index(self, key: str) -> int | None:
+        if not key:
+            return 0 if self.columns else None
+        return next((n for n, c in enumerate(self.columns) if c.key == key), None)
+
+    def _show_column(self, index: int) -> None:
+        """Scroll sideways, if need be, so the column just sorted on (and its arrow) is in view."""
+        left = sum(width + 2 * PADDING for width in self._widths[:index])
+        right = left + self._widths[index] + 2 * PADDING
+        shown_from, width = int(self.scroll_offset.x), self.scrollable_content_region.width
+        if left < shown_from:
+            self.scroll_to(x=left, animate=False)
+        elif right > shown_from + width:
+            self.scroll_to(x=min(left, right - width), animate=False)
+
+    def _column_at(self, x: int) -> Column | None:
+        """The column under ``x``, counted in the full row's cells."""
+        right = 0
+        for column, width in zip(self.columns, self._widths):
+            right += width + 2 * PADDING
+            if x < right:
+                return column
+        return None
 
     def restyle(self) -> None:
         """Forget every rendered line and cell so the next :meth:`sync` rebuilds them (theme change)."""
@@ -213,8 +292,15 @@ class KeyedTable(ScrollView, can_focus=True):
         """Cells of one full row: every column padded on both sides."""
         return sum(width + 2 * PADDING for width in self._widths)
 
+    def _header_labels(self) -> list[str]:
+        """Each column's header; the sorted one with its arrow."""
+        labels = [column.label for column in self.columns]
+        if labels:
+            labels[self._sort_column] = self.sort_label
+        return labels
+
     def _measure(self) -> list[int]:
-        widths = [len(column.label) for column in self.columns]
+        widths = [len(label) for label in self._header_labels()]
         for cells in self._rows.values():
             for column, cell in enumerate(cells):
                 if cell.cell_len > widths[column]:
@@ -223,9 +309,8 @@ class KeyedTable(ScrollView, can_focus=True):
 
     def _reorder(self, selected: str | None) -> None:
         keys = list(self._rows)
-        if self._sort_column is not None:
-            column, sort_key = self._sort_column, self._sort_key
-            keys.sort(key=lambda k: (sort_key(self._rows[k][column]), k), reverse=self._sort_reverse)
+        column = self._sort_column
+        keys.sort(key=lambda k: (by_value(self._rows[k][column]), k), reverse=self._sort_reverse)
         self._order = keys
         self._index = {key: n for n, key in enumerate(keys)}
         self.virtual_size = Size(self._line_width, len(keys) + 1)
@@ -269,8 +354,9 @@ class KeyedTable(ScrollView, can_focus=True):
     def action_move(self, rows: int) -> None:
         self._move_to(self._cursor + rows)
 
-    def action_page(self, pages: int) -> None:
-        self._move_to(self._cursor + pages * max(1, self.scrollable_content_region.height - 1))
+    def action_page(self, pages: float) -> None:
+        """Move by ``pages`` screens of rows (0.5: half a page, like ctrl+d in less and vim)."""
+        self._move_to(self._cursor + round(pages * max(1, self.scrollable_content_region.height - 1)))
 
     def action_choose(self) -> None:
         if self.selected_key is not None:
@@ -278,7 +364,12 @@ class KeyedTable(ScrollView, can_focus=True):
 
     def on_click(self, event: events.Click) -> None:
         offset = event.get_content_offset(self)
-        if offset is None or offset.y < 1:
+        if offset is None:
+            return
+        if offset.y == 0:  # the header: sort by the column clicked (again: reverse)
+            column = self._column_at(int(self.scroll_offset.x) + offset.x)
+            if column is not None:
+                self.sort_on(column.key)
             return
         index = int(self.scroll_offset.y) + offset.y - 1
         if index >= len(self._order):
@@ -327,7 +418,7 @@ class KeyedTable(ScrollView, can_focus=True):
 
     def _header_line(self) -> Strip:
         if self._header is None:
-            self._header = self._render_cells([Text(column.label) for column in self.columns])
+            self._header = self._render_cells([Text(label) for label in self._header_labels()])
         return self._header
 
     def _render_cells(self, cells: Sequence[Text]) -> Strip:

@@ -5,19 +5,16 @@ from __future__ import annotations
 from core.snapshot import FleetSnapshot, LockView
 
 from ..text import UserText, duration
-from .keyed_table import SHORT_ID, Cell, Column, KeyedTable, Row, by_value
+from .keyed_table import SHORT_ID, Cell, Column, KeyedTable, Row
 from .palette import role_style
 
 
 class LocksTable(KeyedTable):
-    COLUMNS = (("resource", "Resource"), Column("ttl", "TTL left", "right"), Column("age", "Age", "right"), ("holder", "Holder"))
+    COLUMNS = (("resource", "Resource"), Column("ttl", "TTL left", "right"), Column("age", "Age", "right", descending=True), ("holder", "Holder"))
 
     def __init__(self, **kwargs: object) -> None:
         super().__init__(**kwargs)
         self.views: dict[str, LockView] = {}
-
-    def on_mount(self) -> None:
-        self.sort_by("resource", key=by_value)
 
     @property
     def selected_lock(self) -> LockView | None:

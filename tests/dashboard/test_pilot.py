@@ -8,6 +8,8 @@ only the screen and leave a line in the event pane.
 
 from __future__ import annotations
 
+import json
+import re
 import subprocess
 import sys
 import textwrap
@@ -30,7 +32,9 @@ from pi_dashboard.screens.confirm import ConfirmScreen
 from pi_dashboard.screens.details import DetailsScreen
 from pi_dashboard.widgets.fleet_header import FleetHeader
 from pi_dashboard.widgets.instances_table import InstancesTable
+from pi_dashboard.widgets.keyed_table import KeyedTable
 from pi_dashboard.widgets.locks_table import LocksTable
+from pi_dashboard.widgets.parallelism_table import ParallelismTable
 from pi_dashboard.widgets.problems_panel import ProblemsPanel
 
 from .conftest import (
@@ -396,27 +400,99 @@ async def test_filter_narrows_the_rows_and_escape_clears(fleet: Path, frozen: Ma
     ]
 
 
-async def test_sort_cycles_the_order(fleet: Path, frozen: ManualClock) -> None:
+def header(table: KeyedTable) -> str:
+    """The table's header line as shown (the sorted column carries its arrow)."""
+    return table.render_line(0).text
+
+
+async def click_header(pilot, table: KeyedTable, label: str) -> None:
+    """Click the header of the column whose label starts ``label``."""
+    x = header(table).index(label) - int(table.scroll_offset.x)
+    region = table.content_region
+    await pilot.click(offset=(region.x + x, region.y))
+    await pilot.pause()
+
+
+async def test_sort_by_key_on_the_focused_table(fleet: Path, frozen: ManualClock) -> None:
+    """s: the focused table's next column, each in its own direction first; S reverses."""
     app = make_app(DirectoryStore(fleet), frozen)
     async with app.run_test(size=(160, 48)) as pilot:
         table = app.query_one(InstancesTable)
-        assert row_keys(table) == BY_ID
+        assert row_keys(table) == BY_ID and "Instance ▲" in header(table)
+        await pilot.press("s")  # PID; the corrupt file and the offline instance have none
+        assert row_keys(table) == [OFFLINE, F, G_KEY, E, A, B, C, D] and "PID ▲" in header(table)
+        assert "Instance ▲" not in header(table) and "Instance" in header(table)
         await pilot.press("s")  # status, worst first
-        assert row_keys(table) == [F, E, C, D, A, B, G_KEY, OFFLINE]
-        await pilot.press("s")  # pending, most first
-        assert row_keys(table)[:3] == [A, E, C]
-        await pilot.press("s")  # heartbeat age, oldest first
-        assert row_keys(table)[:2] == [E, C]
-        await pilot.press("s", "s")  # cwd, then back to id
-        assert row_keys(table) == BY_ID
-        notes = [line.split("sort", 1)[1].strip() for line in event_lines(app) if " sort " in line]
+        by_status = [F, E, C, D, A, B, G_KEY, OFFLINE]
+        assert row_keys(table) == by_status and "Status ▲" in header(table)
+        await pilot.press("S")
+        assert row_keys(table) == by_status[::-1] and "Status ▼" in header(table)
+        await pilot.press("s", "s")  # claims, then heartbeat age: oldest first
+        assert row_keys(table)[:3] == [E, C, G_KEY] and "Beat ▼" in header(table)
+        await pilot.press("s")  # pending: most first (numbers as numbers: 7 > 4 > 3 > 1)
+        assert row_keys(table)[:3] == [A, E, C] and "Pend ▼" in header(table)
+        locks = app.query_one(LocksTable)
+        locks.focus()
+        await pilot.press("s")  # the focused table, not the instances: TTL left, soonest first
+        assert row_keys(locks) == [lock_key(r) for r in (LOCK_EXPIRED, LOCK_HELD, LOCK_DEPLOY)]
+        assert locks.sort_label == "TTL left ▲" and row_keys(table)[:3] == [A, E, C]
+        notes = [line.split(" sort ", 1)[1].strip() for line in event_lines(app) if " sort " in line]
     assert notes == [
-        "instances sorted by status (worst first)",
-        "instances sorted by pending (most first)",
-        "instances sorted by heartbeat age (oldest first)",
-        "instances sorted by cwd",
-        "instances sorted by instance id",
+        "Instances sorted by PID ▲",
+        "Instances sorted by Status ▲",
+        "Instances sorted by Status ▼",
+        "Instances sorted by Claims ▲",
+        "Instances sorted by Beat ▼",
+        "Instances sorted by Pend ▼",
+        "Locks sorted by TTL left ▲",
     ]
+
+
+async def test_sort_by_header_click_reverses_on_the_second(fleet: Path, frozen: ManualClock) -> None:
+    app = make_app(DirectoryStore(fleet), frozen)
+    async with app.run_test(size=(160, 48)) as pilot:
+        locks = app.query_one(LocksTable)
+        assert row_keys(locks) == [lock_key(r) for r in (LOCK_DEPLOY, LOCK_HELD, LOCK_EXPIRED)]
+        locks.focus()
+        await pilot.press("z")  # a quarter of the width shows no Age column: zoomed, it does
+        await click_header(pilot, locks, "Age")  # oldest first: 95 s, 12 s, 4 s
+        assert row_keys(locks) == [lock_key(r) for r in (LOCK_EXPIRED, LOCK_DEPLOY, LOCK_HELD)]
+        assert "Age ▼" in header(locks) and "Resource ▲" not in header(locks)
+        await click_header(pilot, locks, "Age")
+        assert row_keys(locks) == [lock_key(r) for r in (LOCK_HELD, LOCK_DEPLOY, LOCK_EXPIRED)] and "Age ▲" in header(locks)
+        await pilot.press("z")
+        instances = app.query_one(InstancesTable)
+        await click_header(pilot, instances, "Pend")
+        assert row_keys(instances)[:4] == [A, E, C, D] and "Pend ▼" in header(instances)
+        await click_header(pilot, instances, "Pend")
+        assert row_keys(instances)[-2:] == [E, A] and "Pend ▲" in header(instances)
+        parallelism = app.query_one(ParallelismTable)
+        await click_header(pilot, parallelism, "Health")  # worst first: 429s, then degraded, then ok
+        health = [row_text(parallelism, key)[4] for key in row_keys(parallelism)]
+        assert health == ["2x429", "degraded", "ok", "ok", "ok"]
+        notes = [line.split(" sort ", 1)[1].strip() for line in event_lines(app) if " sort " in line]
+    assert notes == [
+        "Locks sorted by Age ▼",
+        "Locks sorted by Age ▲",
+        "Instances sorted by Pend ▼",
+        "Instances sorted by Pend ▲",
+        "Parallelism sorted by Health ▲",
+    ]
+
+
+async def test_a_sorted_table_keeps_sorting_what_arrives(fleet: Path, frozen: ManualClock) -> None:
+    """The sort holds through updates: a row whose sorted cell changes moves, the cursor with it."""
+    store = DirectoryStore(fleet)
+    app = make_app(store, frozen)
+    async with app.run_test(size=(160, 48)) as pilot:
+        table = app.query_one(InstancesTable)
+        await click_header(pilot, table, "Pend")
+        await select(pilot, table, B)
+        busier = InstanceInfo.from_json(store.read(INSTANCES, B).data).model_copy(update={"pending_task_count": 12})
+        store.write(INSTANCES, B, busier.to_json())
+        app._render_state(app.source.build_now())
+        await pilot.pause()
+        assert row_keys(table)[0] == B and table.selected_key == B
 
 
 async def test_theme_cycles_and_panes_follow(fleet: Path, frozen: ManualClock) -> None:
@@ -436,17 +512,30 @@ async def test_theme_cycles_and_panes_follow(fleet: Path, frozen: ManualClock) -
     assert notes == ["theme pi-high-contrast", "theme pi-light", "theme pi-dark"]
 
 
-async def test_theme_and_sort_are_remembered_for_the_next_run(fleet: Path, frozen: ManualClock, tmp_path: Path, monkeypatch) -> None:
+async def test_theme_and_sorts_are_remembered_for_the_next_run(fleet: Path, frozen: ManualClock, tmp_path: Path, monkeypatch) -> None:
     monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "config"))
     app = make_app(DirectoryStore(fleet), frozen, remember=True)
     async with app.run_test(size=(160, 48)) as pilot:
-        await pilot.press("t", "s", "s")  # high contrast; sorted by pending
-    assert (tmp_path / "config" / "pi-dash" / "prefs.json").is_file()
+        await pilot.press("t")  # high contrast
+        await click_header(pilot, app.query_one(InstancesTable), "Pend")
+        app.query_one(LocksTable).focus()
+        await pilot.press("z")
+        await click_header(pilot, app.query_one(LocksTable), "Age")
+        await click_header(pilot, app.query_one(LocksTable), "Age")
+    prefs = json.loads((tmp_path / "config" / "pi-dash" / "prefs.json").read_text())
+    assert prefs == {"theme": "pi-high-contrast", "sorts": {"instances": ["pending", True], "locks": ["age", False]}}
     again = make_app(DirectoryStore(fleet), frozen)
     async with again.run_test(size=(160, 48)) as pilot:
         await pilot.pause()
         assert again.theme == "pi-high-contrast"
-        assert row_keys(again.query_one(InstancesTable))[:3] == [A, E, C]
+        instances, locks = again.query_one(InstancesTable), again.query_one(LocksTable)
+        assert row_keys(instances)[:3] == [A, E, C] and "Pend ▼" in header(instances)
+        assert row_keys(locks) == [lock_key(r) for r in (LOCK_HELD, LOCK_DEPLOY, LOCK_EXPIRED)] and locks.sort_label == "Age ▲"
+        assert "Provider/model ▲" in header(again.query_one(ParallelismTable))  # never sorted: its first column
+    (tmp_path / "config" / "pi-dash" / "prefs.json").write_text('{"sorts": {"instances": ["no-such-column", true]}}')
+    stale = make_app(DirectoryStore(fleet), frozen)  # a column that went away: the default order
+    async with stale.run_test(size=(160, 48)) as pilot:
+        assert row_keys(stale.query_one(InstancesTable)) == BY_ID
     asked = make_app(DirectoryStore(fleet), frozen, theme="pi-light")  # --theme wins over the memory
     async with asked.run_test(size=(160, 48)) as pilot:
         assert asked.theme == "pi-light"
@@ -474,3 +563,159 @@ async def test_details_action_and_closing(fleet: Path, frozen: ManualClock) -> N
         assert "draining" in text and "drain request" in text and "acknowledged" in text
         await pilot.press("escape")
         assert not isinstance(app.screen, DetailsScreen)
+
+
+async def test_details_follow_the_fleet_and_say_when_the_instance_is_gone(fleet: Path, frozen: ManualClock) -> None:
+    store = DirectoryStore(fleet)
+    app = make_app(store, frozen, live=True)
+    async with app.run_test(size=(160, 48)) as pilot:
+        await until(pilot, lambda: app.source.watching == "inotify", 5, "the watcher")
+        await select(pilot, app.query_one(InstancesTable), A)
+        app.action_details()
+        await pilot.pause()
+        details = app.screen
+        assert isinstance(details, DetailsScreen)
+        assert re.search(r"pending +7\b", screen_text(app.export_screenshot()))
+        busier = InstanceInfo.from_json(store.read(INSTANCES, A).data).model_copy(update={"pending_task_count": 11})
+        store.write(INSTANCES, A, busier.to_json())
+        await until(pilot, lambda: re.search(r"pending +11\b", screen_text(app.export_screenshot())), 5, "pending 11 in the details")
+        assert app.screen is details and "gone" not in screen_text(app.export_screenshot())
+        store.delete(INSTANCES, A)
+        await until(pilot, lambda: details.gone, 5, "the details noticing A left")
+        text = screen_text(app.export_screenshot())
+        assert "gone: no longer in the fleet (last seen 00:15:35)" in text
+        assert re.search(r"pending +11\b", text)  # what it showed last stays
+        store.write(INSTANCES, A, busier.to_json())  # it came back
+        await until(pilot, lambda: not details.gone, 5, "the details noticing A came back")
+        assert "gone:" not in screen_text(app.export_screenshot())
+        await pilot.press("escape")
+        assert not isinstance(app.screen, DetailsScreen)
+
+
+# --------------------------------------------------------- cancel a drain (c)
+async def test_cancel_a_drain_and_a_pending_drain_request(fleet: Path, frozen: ManualClock) -> None:
+    store = DirectoryStore(fleet)
+    app = make_app(store, frozen)
+    notices = record_notices(app)
+    async with app.run_test(size=(160, 48)) as pilot:
+        table = app.query_one(InstancesTable)
+        await select(pilot, table, D)
+        await pilot.press("d")  # draining already: says how to undo it
+        assert not isinstance(app.screen, ConfirmScreen)
+        await pilot.press("c", "n")  # asked first; no: nothing changes
+        await pilot.pause()
+        assert store.read(CONTROL, D) is not None
+        await pilot.press("c")
+        assert isinstance(app.screen, ConfirmScreen)
+        await confirm(pilot)
+        assert store.read(CONTROL, D) is None
+        await select(pilot, table, C)  # asked to drain, never acknowledged
+        await pilot.press("c")
+        await confirm(pilot)
+        assert store.read(CONTROL, C) is None
+        for key in (A, OFFLINE):  # nothing asked; drained and gone
+            await select(pilot, table, key)
+            await pilot.press("c")
+            assert not isinstance(app.screen, ConfirmScreen), key
+        assert not app.query_one(ProblemsPanel).render().plain.count("action-failed")
+    assert store.read(CONTROL, OFFLINE) is not None
+    assert notices == [
+        (f"{D} is draining already; c cancels the drain.", "warning"),
+        (f"drain of {D} cancelled", "information"),
+        (f"drain of {C} cancelled", "information"),
+        ("Select an instance that is draining (or asked to) to cancel its drain.", "warning"),
+        ("Select an instance that is draining (or asked to) to cancel its drain.", "warning"),
+    ]
+    drains = [message for kind, message in fleet_events(store) if kind == "drain"]
+    assert drains[-2:] == [f"drain of {D} cancelled by {app.control.actor}", f"drain of {C} cancelled by {app.control.actor}"]
+
+
+async def test_remove_an_instance_that_vanished_meanwhile(fleet: Path, frozen: ManualClock) -> None:
+    """x, and before the answer another operator removed the files: a plain notice, no failure."""
+    store = DirectoryStore(fleet)
+    app = make_app(store, frozen)
+    notices = record_notices(app)
+    async with app.run_test(size=(160, 48)) as pilot:
+        table = app.query_one(InstancesTable)
+        await select(pilot, table, E)
+        await pilot.press("x")
+        FleetControl(store, "pi-dash:someone@else", frozen).remove_instance_files(E, store.read(INSTANCES, E).data)
+        await confirm(pilot)
+        await pilot.pause()
+        assert E not in row_keys(table) and app.is_running
+        assert not app.own_problems
+    assert notices == [(f"{E} is gone already (removed meanwhile); nothing to remove", "warning")]
+    assert [m for kind, m in fleet_events(store) if kind == "cleanup"] == [f"files of dead instance {E} removed by pi-dash:someone@else"]
+
+
+# ------------------------------------------------------------ keys and zoom
+async def test_zoom_gives_the_focused_pane_the_body_at_any_size(fleet: Path, frozen: ManualClock) -> None:
+    app = make_app(DirectoryStore(fleet), frozen)
+    async with app.run_test(size=(80, 24)) as pilot:
+        body = app.query_one("#panes")
+        instances, parallelism, locks = (app.query_one(f"#{pane}") for pane in ("instances", "parallelism", "locks"))
+        assert instances.display and parallelism.display
+        await pilot.press("z")
+        assert instances.display and not parallelism.display
+        assert instances.region.height == body.region.height and "zoomed" in str(instances.border_subtitle)
+        await pilot.press("5")  # zoomed, picking a pane zooms that one
+        assert locks.display and not instances.display and app.focused is locks
+        await pilot.press("z")
+        assert instances.display and locks.display and not parallelism.display  # the small layout, pane 5 shown
+        assert instances.region.height < body.region.height and "zoomed" not in str(instances.border_subtitle)
+    app = make_app(DirectoryStore(fleet), frozen)
+    async with app.run_test(size=(160, 48)) as pilot:
+        body = app.query_one("#panes")
+        events = app.query_one("#events")
+        events.focus()
+        await pilot.press("z")
+        shown = [pane.id for pane in app.query(".pane") if pane.display]
+        assert shown == ["events"] and events.region.width == body.region.width and events.region.height == body.region.height
+        await pilot.press("z")
+        assert all(pane.display for pane in app.query(".pane"))
+        assert "z Zoom" in screen_text(app.export_screenshot()).splitlines()[-1]
+
+
+async def test_table_keys_j_k_g_G_ctrl_d_ctrl_u(fleet: Path, frozen: ManualClock) -> None:
+    app = make_app(DirectoryStore(fleet), frozen)
+    async with app.run_test(size=(80, 24)) as pilot:
+        table = app.query_one(InstancesTable)
+        half = round(0.5 * (table.scrollable_content_region.height - 1))
+        assert 1 <= half < len(BY_ID) - 1
+        await pilot.press("j", "j")
+        assert table.selected_key == BY_ID[2]
+        await pilot.press("k")
+        assert table.selected_key == BY_ID[1]
+        await pilot.press("G")
+        assert table.selected_key == BY_ID[-1]
+        await pilot.press("g")
+        assert table.selected_key == BY_ID[0]
+        await pilot.press("ctrl+d")
+        assert table.cursor_row == half
+        await pilot.press("ctrl+d", "ctrl+d")
+        assert table.cursor_row == len(BY_ID) - 1
+        await pilot.press("ctrl+u")
+        assert table.cursor_row == len(BY_ID) - 1 - half
+
+
+@pytest.mark.parametrize("where", ["table", "filter box"])
+async def test_ctrl_c_quits_like_q(fleet: Path, frozen: ManualClock, where: str) -> None:
+    app = make_app(DirectoryStore(fleet), frozen)
+    async with app.run_test(size=(80, 24)) as pilot:
+        if where == "filter box":
+            await pilot.press("slash", "a")
+            assert app.focused is app.query_one("#filter")
+        await pilot.press("ctrl+c")
+        await pilot.pause()
+        assert app.return_code == 0 and app._exit
+
+
+async def test_sorting_on_a_column_out_of_sight_scrolls_it_into_view(fleet: Path, frozen: ManualClock) -> None:
+    app = make_app(DirectoryStore(fleet), frozen)
+    async with app.run_test(size=(80, 24)) as pilot:
+        table = app.query_one(InstancesTable)
+        assert "Cwd" not in header(table)
+        await pilot.press(*"s" * 10)  # the last column
+        assert table.sort_label == "Cwd ▲" and "Cwd ▲" in header(table)
+        await pilot.press("s")  # back to the first
+        assert "Instance ▲" in header(table)
