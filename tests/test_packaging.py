@@ -38,7 +38,7 @@ def test_the_wheel_installs_and_runs_with_every_theme(tmp_path):
     (wheel,) = wheels.glob("pi_dash-*.whl")
     packed = set(zipfile.ZipFile(wheel).namelist())
     wanted = _data_files()
-    assert {"pi_dashboard/pi_dash.tcss", "pi_dashboard/themes/dark.toml"} <= wanted
+    assert {"pi_dashboard/pi_dash.tcss", "pi_dashboard/themes/dark.toml", "core/store/lua/reserve_rate.lua"} <= wanted
     assert wanted <= packed, f"missing from the wheel: {sorted(wanted - packed)}"
 
     # A fresh venv with the wheel installed; its dependencies are borrowed from this one
@@ -54,7 +54,8 @@ def test_the_wheel_installs_and_runs_with_every_theme(tmp_path):
 
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME")}
     env["XDG_CONFIG_HOME"] = str(tmp_path / "config")
-    where = subprocess.run([python, "-c", "import pi_dashboard, core.coordinator; print(pi_dashboard.__file__, core.coordinator.__file__)"], cwd=tmp_path, env=env, check=True, capture_output=True, text=True).stdout
+    # core.store.redis_store reads its Lua scripts from the package's data when imported.
+    where = subprocess.run([python, "-c", "import pi_dashboard, core.coordinator, core.store.redis_store; print(pi_dashboard.__file__, core.coordinator.__file__)"], cwd=tmp_path, env=env, check=True, capture_output=True, text=True).stdout
     assert str(REPO) not in where and where.count(str(venv)) == 2, where
 
     fleet = tmp_path / "runtime"

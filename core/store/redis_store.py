@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+from importlib import resources
 import secrets
 import threading
 import time
@@ -59,193 +60,22 @@ LAST_SEEN_KEPT = 1024
 
 T = TypeVar("T")
 
-# Shared by every mutation: record when it changed, and announce it on the
-# prefix's channel (derived from KEYS[2], "{prefix}:v:{space}", to keep calls short).
-_COMMON = """
-local function touch(field)
-  redis.call('HINCRBY', KEYS[2], field, 1)
-  local t = redis.call('TIME')
-  redis.call('HSET', KEYS[3], field, t[1] * 1000 + math.floor(t[2] / 1000))
-end
-local function announce(field)
-  local prefix, space = string.match(KEYS[2], '^(.*):v:(.*)$')
-  redis.call('PUBLISH', prefix .. ':changes', space .. string.char(10) .. field)
-end
-local function forget(field)
-  redis.call('HDEL', KEYS[2], field)
-  redis.call('HDEL', KEYS[3], field)
-end
-"""
-# ARGV: data, field[, expected[, "1" if expected absent]]
-_WRITE = _COMMON + """
-redis.call('SET', KEYS[1], ARGV[1])
-touch(ARGV[2])
-announce(ARGV[2])
-return 1
-"""
-# KEYS[4]: the server token; ARGV[3]: the token this store adopted.  {-1}: the
-# token is not there (a restarted or flushed server): look at the server first.
-_CREATE = _COMMON + """
-if redis.call('GET', KEYS[4]) ~= ARGV[3] then return {-1} end
-if not redis.call('SET', KEYS[1], ARGV[1], 'NX') then
-  return {0, redis.call('GET', KEYS[1]) or '', redis.call('HGET', KEYS[2], ARGV[2]) or '', redis.call('HGET', KEYS[3], ARGV[2]) or ''}
-end
-touch(ARGV[2])
-announce(ARGV[2])
-return {1}
-"""
-_REPLACE_IF = _COMMON + """
-if redis.call('GET', KEYS[1]) ~= ARGV[3] then return 0 end
-redis.call('SET', KEYS[1], ARGV[1])
-touch(ARGV[2])
-announce(ARGV[2])
-return 1
-"""
-_SWAP = _COMMON + """
-local current = redis.call('GET', KEYS[1])
-local expected_absent = ARGV[4] == '1'
-if (expected_absent and current == false) or (not expected_absent and current == ARGV[3]) then
-  redis.call('SET', KEYS[1], ARGV[1])
-  touch(ARGV[2])
-  announce(ARGV[2])
-  return {1}
-end
-if current == false then return {0, 0, ''} end
-return {0, 1, current}
-"""
-# One GCRA reservation, the same step as core.ratelimit.gcra_step, on the
-# provider's JSON state.  ARGV: field, now (ms), ReservePlan.to_json(): an array
-# (cheaper to decode than an object) of provider, period_ms, horizon_ms,
-# requests_per_minute, burst, fresh_effective, adaptive, high, recovery_factor,
-# quiet_ms, grant_slot_s, then buckets as name, share, burst from plan[12]: the
-# model's (name "" if none), then each path's.  Answers start (or ''), bucket,
-# effective limit and, if it changed, the one before, with 17 digits: exactly as
-# Python computes them.  A state ProviderRateState would refuse (a number out of
-# range, a grantsPerSecond key that is no epoch second) is started afresh, as
-# Python starts afresh from a record that does not validate.
-_RESERVE_RATE = _COMMON + """
-local function num(v) if type(v) == 'number' then return v end return 0 end
-local function exact(x) return string.format('%.17g', x) end
-local MIN_MS, MAX_MS = 946684800000, 7258118400000
-local function finite(v) return type(v) == 'number' and v == v and v > -math.huge and v < math.huge end
-local function absent(v) return v == nil or v == cjson.null end
-local function epoch(v) return finite(v) and v >= MIN_MS and v < MAX_MS and math.floor(v) == v end
-local function count(v) return finite(v) and v >= 0 and v <= 2^53 and math.floor(v) == v end
-local function rate(v) return finite(v) and v >= 0.001 and v <= 1e9 end
-local function valid(s)
-  if type(s) ~= 'table' or type(s.provider) ~= 'string' then return false end
-  if not (rate(s.requestsPerMinute) and rate(s.effectiveRequestsPerMinute)) then return false end
-  if not (count(s.burst) and s.burst >= 1 and s.burst <= 1e9) then return false end
-  if not ((absent(s.formatVersion) or count(s.formatVersion)) and (absent(s.totalGrants) or count(s.totalGrants))) then return false end
-  if not ((absent(s.last429At) or epoch(s.last429At)) and (absent(s.lastChangeAt) or epoch(s.lastChangeAt))) then return false end
-  if not absent(s.buckets) then
-    if type(s.buckets) ~= 'table' then return false end
-    for name, bucket in pairs(s.buckets) do
-      if type(name) ~= 'string' or type(bucket) ~= 'table' then return false end
-      local tat = bucket.tat
-      if not (absent(tat) or (finite(tat) and (tat == 0 or (tat >= MIN_MS and tat < MAX_MS)))) then return false end
-    end
-  end
-  if not absent(s.grantsPerSecond) then
-    if type(s.grantsPerSecond) ~= 'table' then return false end
-    for second, n in pairs(s.grantsPerSecond) do
-      if type(second) ~= 'string' or not string.match(second, '^%d+$') or #second > 13 then return false end
-      local at = tonumber(second)
-      if at < MIN_MS / 1000 or at >= MAX_MS / 1000 or not count(n) then return false end
-    end
-  end
-  return true
-end
-local now, plan = tonumber(ARGV[2]), cjson.decode(ARGV[3])
-local raw = redis.call('GET', KEYS[1])
-local ok, state = false, nil
-if raw then ok, state = pcall(cjson.decode, raw) end
-if not ok or not valid(state) then
-  state = {formatVersion = 1, provider = plan[1], buckets = {}, grantsPerSecond = {}, totalGrants = 0}
-end
-local buckets, grants = state.buckets, state.grantsPerSecond
-if type(buckets) ~= 'table' then buckets = {} state.buckets = buckets end
-if type(grants) ~= 'table' then grants = {} state.grantsPerSecond = grants end
-if state.requestsPerMinute ~= plan[4] or state.burst ~= plan[5] then
-  state.requestsPerMinute = plan[4]
-  state.burst = plan[5]
-  state.effectiveRequestsPerMinute = plan[6]
-end
-local old = num(state.effectiveRequestsPerMinute)
-local effective = old
-if plan[7] and effective < plan[8] and now - math.max(num(state.last429At), num(state.lastChangeAt)) >= plan[10] then
-  effective = math.min(plan[8], effective * plan[9])
-end
-local function tat_of(name)  -- booked more than a week ahead (MAX_BOOKED_AHEAD_MS): ignored
-  local bucket = buckets[name]
-  if type(bucket) == 'table' and num(bucket.tat) <= now + 604800000 then return num(bucket.tat) end
-  return 0
-end
-local function allowed(i)  -- the bucket at plan[i] (name), plan[i + 1] (share), plan[i + 2] (burst)
-  local emission = plan[2] / math.max(effective * plan[i + 1], 1e-9)
-  local tolerance = (math.max(1, math.floor(plan[i + 2])) - 1) * emission
-  return math.max(now, tat_of(plan[i]) - tolerance), emission
-end
-local choice, start, emission = 15, allowed(15)
-for i = 18, #plan, 3 do
-  local at, e = allowed(i)
-  if at < start then choice, start, emission = i, at, e end
-end
-local model_emission = nil
-if plan[12] ~= '' then
-  local at
-  at, model_emission = allowed(12)
-  if at > start then start = at end
-end
-local changed = effective ~= old
-if changed then
-  state.effectiveRequestsPerMinute = effective
-  state.lastChangeAt = now
-end
-local booked_at = ''
-if start - now <= plan[3] then
-  local function book(name, e)
-    buckets[name] = {tat = math.ceil((math.max(tat_of(name), start) + e) * 10) / 10}
-  end
-  book(plan[choice], emission)
-  if model_emission then book(plan[12], model_emission) end
-  local slot = plan[11]
-  local oldest = math.floor(now / 1000) - 60 - slot
-  for second in pairs(grants) do
-    if tonumber(second) <= oldest then grants[second] = nil end
-  end
-  local second = tostring(math.floor(math.floor(start / 1000) / slot) * slot)
-  grants[second] = num(grants[second]) + 1
-  state.totalGrants = num(state.totalGrants) + 1
-  booked_at = exact(start)
-  changed = true
-end
-if changed then
-  redis.call('SET', KEYS[1], cjson.encode(state))
-  touch(ARGV[1])
-  announce(ARGV[1])
-end
-local before = effective ~= old and exact(old) or ''
-return table.concat({booked_at, plan[choice], exact(effective), before}, string.char(10))
-"""
-# The server's token: the one already there, else ARGV[1].
-_ADOPT_TOKEN = """
-redis.call('SET', KEYS[1], ARGV[1], 'NX')
-return redis.call('GET', KEYS[1])
-"""
-_DELETE_IF = _COMMON + """
-if redis.call('GET', KEYS[1]) ~= ARGV[3] then return 0 end
-redis.call('DEL', KEYS[1])
-forget(ARGV[2])
-announce(ARGV[2])
-return 1
-"""
-_DELETE = _COMMON + """
-local removed = redis.call('DEL', KEYS[1])
-forget(ARGV[2])
-if removed > 0 then announce(ARGV[2]) end
-return removed
-"""
+# The scripts live in lua/ beside this module (package data), each starting with its
+# KEYS and ARGV unpacked into named locals; every mutation script is preceded by
+# lua/common.lua (touch, announce, forget).
+_MUTATIONS = ("write", "create", "replace_if", "swap", "reserve_rate", "delete_if", "delete")
+
+
+def _lua(name: str) -> str:
+    return (resources.files(__package__) / "lua" / f"{name}.lua").read_text(encoding="utf-8")
+
+
+def _load_scripts() -> dict[str, _Script]:
+    common = _lua("common")
+    scripts = {name: _Script(common + "\n" + _lua(name)) for name in _MUTATIONS}
+    scripts["adopt_token"] = _Script(_lua("adopt_token"))
+    return scripts
+
 
 _SPACES = {space.name: space for space in ALL_SPACES}
 
@@ -275,19 +105,7 @@ class RedisStore(Store):
             health_check_interval=10,
         )
         self._channel = f"{self.prefix}:changes"
-        self._scripts = {
-            name: _Script(body)
-            for name, body in (
-                ("write", _WRITE),
-                ("create", _CREATE),
-                ("replace_if", _REPLACE_IF),
-                ("swap", _SWAP),
-                ("reserve_rate", _RESERVE_RATE),
-                ("delete_if", _DELETE_IF),
-                ("delete", _DELETE),
-                ("adopt_token", _ADOPT_TOKEN),
-            )
-        }
+        self._scripts = _SCRIPTS
         self._server_lock = threading.Lock()
         self._token_key = f"{self.prefix}:server".encode()
         self._server_token: bytes | None = None  # see "Restarts" above
@@ -645,3 +463,6 @@ def _chunks(items: Iterator[Any], size: int) -> Iterator[list[Any]]:
             batch = []
     if batch:
         yield batch
+
+
+_SCRIPTS = _load_scripts()
