@@ -37,6 +37,10 @@ class Space:
     """Hot state updated many times a second: backends may update it in place
     instead of replacing it (readers still never see a torn value, and a writer
     killed mid-update leaves the previous value)."""
+    monotonic: bool = False
+    """Counters that must never go back (fencing tokens): a backend that may have lost
+    one (a Redis restarted without persistence) starts it afresh only once every lock
+    granted before has expired, as it grants locks again only then."""
 
 
 INSTANCES = Space("instances", ".lock", verbatim=True)
@@ -52,7 +56,7 @@ CONTROL = Space("pi-dash/control", ".json")
 TASK_LOCKS = Space("pi-dash/dist/locks", ".json")
 WORKERS = Space("pi-dash/dist/workers", ".json")
 MEMORY = Space("pi-dash/dist/memory", ".json")
-FENCING = Space("pi-dash/dist/fencing", ".json", in_place=True)
+FENCING = Space("pi-dash/dist/fencing", ".json", in_place=True, monotonic=True)
 
 ALL_SPACES = (
     INSTANCES,

@@ -26,21 +26,25 @@ held a lock before the restart has lost it by then.
 A restart is noticed by the create itself, not by a timer: the server holds a
 random token (``P:server``) that this store adopted when it last looked at the
 server (``INFO``: uptime, persistence), and the create script refuses to run
-unless the token is still there.  A server that lost its data lost the token,
-so the first create on it, on whatever connection, after whatever error, makes
-the store look again before anything is granted.
+unless the token is still there; so does the swap script when an ``update``
+creates its entry (a fencing counter drawn for the first time, or again after
+the server lost it).  A server that lost its data lost the token, so the first
+create on it, on whatever connection, after whatever error, makes the store
+look again before anything is granted.  A fencing counter (``Space.monotonic``)
+is not started afresh during the grace either: tokens drawn before the restart
+may lie ahead of the clock the counter restarts from.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
-from importlib import resources
 import secrets
 import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from importlib import resources
 from typing import Any, TypeVar
 from urllib.parse import parse_qs, urlsplit
 
@@ -296,24 +300,36 @@ class RedisStore(Store):
         """One round trip: ``None`` if created, else what holds the key."""
         self._writable(f"create of {space.name}/{key}")
         for _ in range(3):
-            if self._server_token is None:
-                self._observe_server()
+            token = self._adopted_token()
             if time.monotonic() < self._grants_frozen_until:
                 # A restarted, non-persistent server: old holders may still be running.
                 return Blob(key, b"", REFUSED, 0)
-            token = self._server_token
-            assert token is not None
             keys = [*self._keys(space, key), self._token_key]
             reply = self._eval("create", keys, [data, key.encode(), token])
             if int(reply[0]) == -1:  # the server lost our token: it restarted or was flushed
-                with self._server_lock:
-                    if self._server_token == token:
-                        self._server_token = None
+                self._forget_token(token)
                 continue
             if int(reply[0]) == 1:
                 return None
             return self._blob(key, reply[1], reply[2] or None, reply[3] or None)
-        raise StoreUnavailable(f"redis at {self._where} keeps losing its state (restarting or being flushed)")
+        raise self._losing_state()
+
+    def _adopted_token(self) -> bytes:
+        """The server token a create-if-absent carries, looking at the server first when
+        none is adopted (the first create, or the server lost the one we had)."""
+        if self._server_token is None:
+            self._observe_server()
+        token = self._server_token
+        assert token is not None
+        return token
+
+    def _forget_token(self, token: bytes) -> None:
+        with self._server_lock:
+            if self._server_token == token:
+                self._server_token = None
+
+    def _losing_state(self) -> StoreUnavailable:
+        return StoreUnavailable(f"redis at {self._where} keeps losing its state (restarting or being flushed)")
 
     def replace_if(self, space: Space, key: str, expected: bytes, data: bytes) -> bool:
         return int(self._mutate("replace_if", space, key, data, expected=expected)) == 1
@@ -338,16 +354,40 @@ class RedisStore(Store):
             before = self._last_seen[entry]
         else:
             before = self._call(lambda: self._client.get(entry))
+        keys.append(self._token_key)
+        lost = 0
         while True:
             after = updater(before)
             if after is None or after == before:
                 self._remember(entry, before)
                 return before
-            result = self._eval("swap", keys, [after, key.encode(), before or b"", b"1" if before is None else b"0"])
+            token = b"" if before is not None else self._token_to_start(space, key)
+            result = self._eval("swap", keys, [after, key.encode(), before or b"", b"1" if before is None else b"0", token])
+            if int(result[0]) == -1:  # creating, on a server that lost our token: look at it first
+                self._forget_token(token)
+                lost += 1
+                if lost == 3:
+                    raise self._losing_state()
+                continue
             if int(result[0]) == 1:
                 self._remember(entry, after)
                 return after
             before = result[2] if int(result[1]) else None
+
+    def _token_to_start(self, space: Space, key: str) -> bytes:
+        """The token an update that creates its entry carries (the swap script checks it, as
+        the create script does).  A :attr:`Space.monotonic` counter is not started afresh on
+        a server that restarted without persistence until its grace is over: tokens drawn
+        before the restart may lie ahead of the clock, and every lock that held one has
+        expired by then."""
+        token = self._adopted_token()
+        wait_s = self._grants_frozen_until - time.monotonic()
+        if space.monotonic and wait_s > 0:
+            raise StoreUnavailable(
+                f"redis at {self._where} restarted without persistence and lost {space.name}/{key}: "
+                f"it is started afresh in {wait_s:.1f} s, once every lock granted before has expired"
+            )
+        return token
 
     def _remember(self, entry: bytes, value: bytes | None) -> None:
         if len(self._last_seen) >= LAST_SEEN_KEPT:

@@ -159,3 +159,33 @@ def stopped_holder(spec: StoreSpec, ttl_ms: int, resumed: Any, out: Any) -> None
         }
 
     report_errors("holder", out, body)
+
+
+class _ClockAhead:
+    """This host's clock, ``ahead_ms`` fast (a laptop that lost NTP)."""
+
+    def __init__(self, ahead_ms: int) -> None:
+        self.ahead_ms = ahead_ms
+
+    def now_ms(self) -> int:
+        return time.time_ns() // 1_000_000 + self.ahead_ms
+
+    def monotonic(self) -> float:
+        return time.monotonic()
+
+
+def fenced_holder(spec: StoreSpec, task: str, ttl_ms: int, ahead_ms: int, out: Any) -> None:
+    """Take a task lock with a fencing token, on a clock ``ahead_ms`` fast (so the token lies
+    ahead of everyone else's clock), report the lock, then hold it until killed."""
+    from core.distributed import LockManager
+
+    def body() -> None:
+        import core.store.redis_store
+
+        core.store.redis_store.RESTART_GRACE_MS = 0  # it looked at the server long after it started
+        lock = LockManager(open_store(spec), clock=_ClockAhead(ahead_ms)).acquire_lock(task, "holder", ttl_seconds=ttl_ms / 1000)
+        assert lock is not None
+        out.put((READY, "holder", {"token": lock.fencing_token, "believed_until_ms": lock.expires_at.timestamp() * 1000 - ahead_ms}))
+        time.sleep(120)
+
+    report_errors("holder", out, body)
