@@ -30,7 +30,7 @@ class DashAction:
     palette: str | None = None  # the command palette's name; None: not in the palette
     changes_fleet: bool = False  # writes to the fleet: never offered read-only
     in_help: bool = True
-    scope: str = "app"  # "app", or "table": a key of the focused table (moving its cursor)
+    scope: str = "app"  # "app"; "table": a key of the focused table (moving its cursor); "reading": details and help
     priority: bool = False  # taken before the focused widget sees the key (ctrl+c even in the filter box)
 
 
@@ -41,10 +41,10 @@ ACTIONS: tuple[DashAction, ...] = (
     DashAction(None, "", "ctrl+p", "command palette: every action by name"),
     DashAction(None, "", "tab / shift+tab", "move between panes"),
     DashAction(None, "", "1 .. 7", "on a small terminal, show that pane below the instances"),
-    DashAction("zoom", "z", "z", "zoom the focused pane to the whole screen; z again restores", footer="Zoom", palette="Zoom the focused pane, or restore"),
+    DashAction("zoom", "z", "z", "zoom the focused pane to the whole screen; z again (or escape) restores", footer="Zoom", palette="Zoom the focused pane, or restore"),
     # In a table: the moves of less, vim and htop.  One help line per pair.
-    DashAction(None, "", "j k / down up", "next / previous row"),
-    DashAction(None, "", "g G / home end", "first / last row"),
+    DashAction(None, "", "j k / down up", "next / previous row (in details and help: scroll)"),
+    DashAction(None, "", "g G / home end", "first / last row (top / bottom)"),
     DashAction(None, "", "ctrl+d ctrl+u", "half a page down / up (pagedown pageup: a page)"),
     DashAction("move(1)", "j,down", "j", "next row", scope="table", in_help=False),
     DashAction("move(-1)", "k,up", "k", "previous row", scope="table", in_help=False),
@@ -55,6 +55,13 @@ ACTIONS: tuple[DashAction, ...] = (
     DashAction("page(1)", "pagedown", "pagedown", "a page down", scope="table", in_help=False),
     DashAction("page(-1)", "pageup", "pageup", "a page up", scope="table", in_help=False),
     DashAction("choose", "enter", "enter", "choose the row", scope="table", in_help=False),
+    # The same keys scroll the details and the help.
+    DashAction("scroll_down", "j", "j", "scroll down", scope="reading", in_help=False),
+    DashAction("scroll_up", "k", "k", "scroll up", scope="reading", in_help=False),
+    DashAction("scroll_home", "g", "g", "top", scope="reading", in_help=False),
+    DashAction("scroll_end", "G", "G", "bottom", scope="reading", in_help=False),
+    DashAction("page_down", "ctrl+d", "ctrl+d", "a page down", scope="reading", in_help=False),
+    DashAction("page_up", "ctrl+u", "ctrl+u", "a page up", scope="reading", in_help=False),
     DashAction(
         "sort_next",
         "s",
@@ -65,7 +72,7 @@ ACTIONS: tuple[DashAction, ...] = (
     ),
     DashAction("sort_reverse", "S", "S", "reverse the sort (so does a second click on the same header)", palette="Reverse the focused table's sort"),
     DashAction("filter", "slash", "/", "filter instances (id, cwd, model, status); escape clears", footer="Filter", palette="Filter instances"),
-    DashAction("clear_filter", "escape", "escape", "clear the filter", in_help=False),
+    DashAction("back", "escape", "escape", "clear the filter, else leave the zoom"),
     DashAction("toggle_pause", "p", "p", "pause / resume live updates", footer="Pause", palette="Pause or resume updates"),
     DashAction(
         "next_theme", "t", "t", "next theme (remembered; built-in ones and ~/.config/pi-dash/themes/*.toml)", palette="Next theme"
@@ -122,8 +129,8 @@ def offered(read_only: bool) -> tuple[DashAction, ...]:
 
 
 def bindings(scope: str = "app") -> list[Binding]:
-    """The bindings of ``scope`` ("app" or "table"); the app hides (and refuses) the
-    fleet-changing ones when read-only."""
+    """The bindings of ``scope`` ("app", "table" or "reading"); the app hides (and refuses)
+    the fleet-changing ones when read-only."""
     return [
         Binding(a.keys, a.action, a.footer or "", show=a.footer is not None, priority=a.priority)
         for a in ACTIONS

@@ -471,12 +471,15 @@ class PiDashApp(App[None]):
         box.display = True
         box.focus()
 
-    def action_clear_filter(self) -> None:
+    def action_back(self) -> None:
+        """Escape: clear the filter; else leave the zoom (k9s users reach for it)."""
         box = self.query_one("#filter", Input)
         if box.display:
             box.value = ""
             box.display = False
             self.query_one(InstancesTable).focus()
+        elif self.zoomed is not None:
+            self.action_zoom()
 
     @on(Input.Changed, "#filter")
     def _filter_changed(self, event: Input.Changed) -> None:

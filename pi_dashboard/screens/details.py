@@ -7,13 +7,13 @@ from rich.table import Table
 from rich.text import Text
 from textual.app import ComposeResult
 from textual.binding import Binding
-from textual.containers import VerticalScroll
 from textual.screen import ModalScreen
 from textual.widgets import Static
 
 from core.snapshot import FleetSnapshot, InstanceView
 
 from ..messages import RecordUnshown
+from .scrolling import KeyScroll
 from ..text import UserText, clock_datetime, clock_time, clock_zone, duration
 
 # A label is the dashboard's own words (str) or a name from the record (UserText);
@@ -138,7 +138,7 @@ class DetailsScreen(ModalScreen[None]):
 
     def compose(self) -> ComposeResult:
         title, body = self._describe()
-        with VerticalScroll(id="details"):
+        with KeyScroll(id="details"):
             yield Static(title, classes="title", id="details-title")
             yield Static(body, id="details-body")
 

@@ -7,11 +7,11 @@ from collections.abc import Sequence
 
 from textual.app import ComposeResult
 from textual.binding import Binding
-from textual.containers import VerticalScroll
 from textual.screen import ModalScreen
 from textual.widgets import Static
 
 from ..actions import DashAction
+from .scrolling import KeyScroll
 
 
 class HelpScreen(ModalScreen[None]):
@@ -34,7 +34,7 @@ class HelpScreen(ModalScreen[None]):
             if self.read_only
             else "Every action is written to the fleet's event log. Escape closes."
         )
-        with VerticalScroll(id="help"):
+        with KeyScroll(id="help"):
             yield Static("pi-dash keys", classes="title")
             yield Static(table)
             yield Static(note, classes="dim")

@@ -674,6 +674,8 @@ async def test_zoom_gives_the_focused_pane_the_body_at_any_size(fleet: Path, fro
         await pilot.press("z")
         assert all(pane.display for pane in app.query(".pane"))
         assert "z Zoom" in screen_text(app.export_screenshot()).splitlines()[-1]
+        await pilot.press("z", "escape")  # escape leaves the zoom too (with no filter to clear)
+        assert all(pane.display for pane in app.query(".pane")) and app.zoomed is None
 
 
 async def test_table_keys_j_k_g_G_ctrl_d_ctrl_u(fleet: Path, frozen: ManualClock) -> None:
@@ -719,3 +721,26 @@ async def test_sorting_on_a_column_out_of_sight_scrolls_it_into_view(fleet: Path
         assert table.sort_label == "Cwd ▲" and "Cwd ▲" in header(table)
         await pilot.press("s")  # back to the first
         assert "Instance ▲" in header(table)
+
+
+async def test_details_and_help_scroll_with_the_table_keys(fleet: Path, frozen: ManualClock) -> None:
+    app = make_app(DirectoryStore(fleet), frozen)
+    async with app.run_test(size=(80, 24)) as pilot:
+        app.action_details()  # A: a long page at 80x24
+        await pilot.pause()
+        scroll = app.screen.query_one("#details")
+        assert app.focused is scroll and scroll.max_scroll_y > 3
+        await pilot.press("j", "j")
+        assert scroll.scroll_y == 2
+        await pilot.press("k")
+        assert scroll.scroll_y == 1
+        await pilot.press("G")
+        assert scroll.scroll_y == scroll.max_scroll_y
+        await pilot.press("g")
+        assert scroll.scroll_y == 0
+        await pilot.press("ctrl+d")
+        assert scroll.scroll_y > 2
+        await pilot.press("escape", "question_mark")
+        scroll = app.screen.query_one("#help")
+        await pilot.press("G")
+        assert scroll.max_scroll_y > 0 and scroll.scroll_y == scroll.max_scroll_y
