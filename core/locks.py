@@ -48,11 +48,12 @@ def to_base36(number: int) -> str:
     return "".join(reversed(out))
 
 
-def outlived_lease(lock: DistributedLock, modified_ms: int, store_now_ms: int) -> bool:
-    """Whether the lock's file has been as old as the lock's lease, both measured
-    without the writer's or the reader's clock: the age on the store's clock
-    (``store_now_ms`` minus the file's ``modified_ms``), the lease on the holder's."""
-    return store_now_ms - modified_ms >= lock.lease_ms()
+def outlived_lease(lease_ms: int, modified_ms: int, store_now_ms: int) -> bool:
+    """Whether a lock's entry has been as old as its lease, both measured without the
+    writer's or the reader's clock: the age on the store's clock (``store_now_ms``
+    minus the entry's ``modified_ms``), the lease on the holder's (``expiresAt`` less
+    when it wrote the lock).  Used by pi's locks and by task locks."""
+    return store_now_ms - modified_ms >= lease_ms
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,7 +121,7 @@ class LockService:
     def _expired(self, lock: DistributedLock, modified_ms: int, now_ms: int) -> bool:
         """Past its ``expiresAt`` on our clock, and its file as old as its lease on the
         store's (asked only then: on a directory it costs a write)."""
-        return lock.is_expired(now_ms) and outlived_lease(lock, modified_ms, self.store.now_ms())
+        return lock.is_expired(now_ms) and outlived_lease(lock.lease_ms(), modified_ms, self.store.now_ms())
 
     def _remember(self, lock: DistributedLock, data: bytes) -> DistributedLock:
         if len(self._written) >= 1024:
@@ -181,7 +182,7 @@ class LockService:
                 stale = entry.record.is_expired(now)
                 if stale:
                     store_now = self.store.now_ms() if store_now is None else store_now
-                    stale = outlived_lease(entry.record, entry.modified_ms, store_now)
+                    stale = outlived_lease(entry.record.lease_ms(), entry.modified_ms, store_now)
             else:
                 stale = now - entry.modified_ms >= CORRUPT_LOCK_GRACE_MS
             if stale and self.store.delete_if(LOCKS, key, entry.raw):

@@ -37,7 +37,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from ..clock import SYSTEM_CLOCK, Clock, utc_from_ms
-from ..locks import CORRUPT_LOCK_GRACE_MS
+from ..locks import CORRUPT_LOCK_GRACE_MS, outlived_lease
 from ..models import CorruptRecord
 from ..store import FENCING, TASK_LOCKS, Blob, EntryUnreadable, Store
 from .errors import LockError, LockErrorCode, NotFoundError, lock_code_for, translated
@@ -135,7 +135,9 @@ class LockManager:
 
     def _breakable(self, lock: Lock | None, blob: Blob, now_ms: int) -> bool:
         if lock is not None:
-            return lock.is_expired(now_ms)
+            # Past expiresAt on our clock, and as old as its lease on the store's (core.locks):
+            # a worker whose clock is off never breaks a live lock.
+            return lock.is_expired(now_ms) and outlived_lease(lock.lease_ms(), blob.modified_ms, self.store.now_ms())
         # Our own writes are atomic, so a corrupt entry is damage, not a write in
         # progress; still, leave it alone for a while in case a peer is mid-repair.
         return now_ms - blob.modified_ms >= CORRUPT_LOCK_GRACE_MS
@@ -248,7 +250,7 @@ class LockManager:
                         LockErrorCode.LOCK_EXPIRED,
                         task_id,
                     )
-                renewed = lock.model_copy(update={"expires_at": utc_from_ms(now + ttl_ms)})
+                renewed = lock.model_copy(update={"expires_at": utc_from_ms(now + ttl_ms), "written_at": utc_from_ms(now)})
                 if self.store.replace_if(TASK_LOCKS, task_id, blob.data, renewed.to_json()):
                     return renewed
         raise LockError(f"lock of task {task_id!r} kept changing; not renewed", LockErrorCode.LOCK_CONTENDED, task_id)

@@ -57,6 +57,9 @@ class Lock(Record):
     expires_at: JsTime
     fencing_token: Count
     metadata: LockMetadata = Field(default_factory=LockMetadata)
+    written_at: JsTime | None = None
+    """When the holder last wrote the lock (set by a renewal; ``acquired_at`` until then),
+    on its own clock: with ``expires_at`` it gives the lease, whatever that clock's offset."""
 
     @property
     def acquired_ms(self) -> int:
@@ -68,6 +71,11 @@ class Lock(Record):
 
     def is_expired(self, now_ms: int) -> bool:
         return now_ms >= self.expires_ms
+
+    def lease_ms(self) -> int:
+        """How long the lock lasts from its last write, a span on the holder's clock."""
+        written = self.acquired_ms if self.written_at is None else to_epoch_ms(self.written_at)
+        return max(0, self.expires_ms - written)
 
     def ttl_left_ms(self, now_ms: int) -> int:
         return max(0, self.expires_ms - now_ms)

@@ -11,13 +11,22 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from core.clock import SYSTEM_CLOCK, ManualClock
+from core.clock import SYSTEM_CLOCK
 from core.distributed import Lock, LockError, LockErrorCode, LockingConfig, LockManager, NotFoundError
 from core.store import FENCING, TASK_LOCKS, InvalidKey, StoreError
+
+from tests.helpers import AgingClock
 
 from .conftest import ProxyStore, Sleeps
 
 FAST = LockingConfig(ttl_seconds=30, retry_attempts=0, retry_delay_ms=0)
+
+
+@pytest.fixture
+def clock(request: pytest.FixtureRequest) -> AgingClock:
+    """Task locks expire by their entries' age as well: the store's entries age as the
+    injected clock moves (tests without a store get a clock that ages nothing)."""
+    return AgingClock(*([request.getfixturevalue("store")] if "store" in request.fixturenames else []))
 
 
 def manager(store, clock, config=FAST, sleeps=None) -> LockManager:
@@ -307,7 +316,7 @@ operations = st.lists(
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(operations)
 def test_property_tokens_only_grow_and_only_the_current_holder_passes_the_fence(store, ops):
-    clock = ManualClock()
+    clock = AgingClock(store)
     locks = manager(store, clock)
     task = f"task-{uuid.uuid4().hex}"  # the store is shared by every example
     granted: list[Lock] = []

@@ -75,15 +75,24 @@ def run(spec: dict[str, Any]) -> Any:
         lock = LockService(store, spec["holder"]).try_acquire(spec["resource"], ttl_ms=spec.get("ttl_ms", 60_000))
         return None if lock is None else lock.holder
     if action == "contend":
-        # Try a lock `times` times, `pause_s` apart; report the grants and this process's clock.
+        # Try a lock (pi's, or with "task": a task lock) `times` times, `pause_s` apart;
+        # report the grants and this process's clock.
         import time
 
-        service = LockService(store, spec["holder"])
+        from core.distributed import LockManager, LockingConfig
+
+        ttl_ms = spec.get("ttl_ms", 60_000)
+        if spec.get("task"):
+            tasks = LockManager(store, LockingConfig(retry_attempts=0))
+            take = lambda: tasks.acquire_lock(spec["resource"], spec["holder"], ttl_seconds=ttl_ms / 1000)  # noqa: E731
+        else:
+            service = LockService(store, spec["holder"])
+            take = lambda: service.try_acquire(spec["resource"], ttl_ms=ttl_ms)  # noqa: E731
         granted = 0
         for attempt in range(spec["times"]):
             if attempt:
                 time.sleep(spec.get("pause_s", 0.05))
-            if service.try_acquire(spec["resource"], ttl_ms=spec.get("ttl_ms", 60_000)) is not None:
+            if take() is not None:
                 granted += 1
         return {"granted": granted, "clock_ms": time.time_ns() // 1_000_000}
     if action == "reserve":

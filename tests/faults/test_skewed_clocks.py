@@ -73,12 +73,19 @@ TAKER_TRIES = 10
 
 
 def contend(
-    root: Path, holder: str, shift: str | None, *, times: int = TAKER_TRIES, ttl_ms: int = 30_000, resource: str = "deploy"
+    root: Path,
+    holder: str,
+    shift: str | None,
+    *,
+    times: int = TAKER_TRIES,
+    ttl_ms: int = 30_000,
+    resource: str = "deploy",
+    task: bool = False,
 ) -> dict:
-    """``holder`` tries the lock ``times`` times from a process of its own, its clock shifted
-    by ``shift`` (``faketime -f``); returns its grants and the clock it had."""
+    """``holder`` tries the lock (a task lock if ``task``) ``times`` times from a process of its
+    own, its clock shifted by ``shift`` (``faketime -f``); returns its grants and the clock it had."""
     spec = {"action": "contend", "root": str(root), "resource": resource, "holder": holder,
-            "times": times, "pause_s": 0.05, "ttl_ms": ttl_ms}  # fmt: skip
+            "times": times, "pause_s": 0.05, "ttl_ms": ttl_ms, "task": task}  # fmt: skip
     outcome = run_actor(spec, prefix=("faketime", "-f", shift) if shift else ())
     assert outcome.result is not None and "ok" in outcome.result, outcome.stderr
     return outcome.result["ok"]
@@ -91,6 +98,7 @@ def assert_shifted(result: dict, by_ms: int) -> None:
 
 @needs_faketime
 @pytest.mark.slow
+@pytest.mark.parametrize("task", [False, True], ids=["pi-lock", "task-lock"])
 @pytest.mark.parametrize(
     ("case", "holder_shift", "taker_shift", "holder_off_ms", "taker_off_ms"),
     [
@@ -99,28 +107,30 @@ def assert_shifted(result: dict, by_ms: int) -> None:
         ("a taker 1 h ahead of a holder 1 h behind", "-1h", "+1h", -3_600_000, 3_600_000),
     ],
 )
-def test_a_skewed_clock_never_takes_over_a_live_lock(root, case, holder_shift, taker_shift, holder_off_ms, taker_off_ms):
-    """Real processes under ``faketime``: the holder takes a 30 s lock, the taker tries it 10 times
-    at once.  Before the file's age counted, every try after the first was a second grant."""
-    held = contend(root, "holder", holder_shift, times=1)
+def test_a_skewed_clock_never_takes_over_a_live_lock(root, case, holder_shift, taker_shift, holder_off_ms, taker_off_ms, task):
+    """Real processes under ``faketime``: the holder takes a 30 s lock (pi's, or a task lock),
+    the taker tries it 10 times at once.  Before the file's age counted, the taker got it."""
+    held = contend(root, "holder", holder_shift, times=1, task=task)
     assert held["granted"] == 1
     assert_shifted(held, holder_off_ms)
-    taker = contend(root, "taker", taker_shift)
+    taker = contend(root, "taker", taker_shift, task=task)
     assert_shifted(taker, taker_off_ms)
-    print(f"\n{case}: {taker['granted']} overlapping grants in {TAKER_TRIES} tries of a live 30 s lock")
+    kind = "task lock" if task else "lock"
+    print(f"\n{case}: {taker['granted']} overlapping grants in {TAKER_TRIES} tries of a live 30 s {kind}")
     assert taker["granted"] == 0, f"{case}: a live lock was granted again {taker['granted']} times"
 
 
 @needs_faketime
 @pytest.mark.slow
+@pytest.mark.parametrize("task", [False, True], ids=["pi-lock", "task-lock"])
 @pytest.mark.parametrize(("holder_shift", "taker_shift"), [("-1h", None), (None, "+60s")])
-def test_a_lock_abandoned_by_a_skewed_holder_comes_back_once_its_lease_has_passed(root, holder_shift, taker_shift):
+def test_a_lock_abandoned_by_a_skewed_holder_comes_back_once_its_lease_has_passed(root, holder_shift, taker_shift, task):
     """The other half of the rule: the lock of a holder that is gone is free once its file is
     as old as its lease (2 s here), whatever the two clocks say."""
-    assert contend(root, "holder", holder_shift, times=1, ttl_ms=2_000)["granted"] == 1
-    assert contend(root, "early", taker_shift, times=1, ttl_ms=2_000)["granted"] == 0
+    assert contend(root, "holder", holder_shift, times=1, ttl_ms=2_000, task=task)["granted"] == 1
+    assert contend(root, "early", taker_shift, times=1, ttl_ms=2_000, task=task)["granted"] == 0
     time.sleep(2.2)
-    assert contend(root, "later", taker_shift, times=1, ttl_ms=2_000)["granted"] == 1
+    assert contend(root, "later", taker_shift, times=1, ttl_ms=2_000, task=task)["granted"] == 1
 
 
 @needs_faketime

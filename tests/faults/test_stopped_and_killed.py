@@ -45,6 +45,7 @@ def assert_exactly_once(runs_log: Path, owner_id: str) -> None:
     expected = {f"{owner_id}/task-{i:04d}" for i in range(N_ENTRIES)}
     twice = sorted(k for k, n in counts.items() if n > 1)
     never = sorted(expected - set(counts))
+    print(f"\n{N_ENTRIES} entries: {len(twice)} run twice, {len(never)} never run, {sum(counts.values())} runs")
     assert (len(twice), len(never)) == (0, 0), f"run twice: {twice}; never run: {never}"
 
 
