@@ -225,7 +225,8 @@ def test_a_real_instance_resumes_taking_work_when_its_drain_is_cancelled(any_sto
         kind, entry = out.get(timeout=5)
         resumed_in = time.monotonic() - cancelled_at
         assert kind == "stole" and entry.startswith("e"), (kind, entry)
-        assert resumed_in < 2.5  # it polls every second
+        print(f"\n{spec[0]}: stole {resumed_in:.2f} s after the drain was cancelled (it polls every second)")
+        assert resumed_in < 2.5
         assert _statuses(any_store)[iid] is Status.ALIVE
     finally:
         done.set()
