@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -41,6 +42,13 @@ class ProviderLimits:
             ],
             "last429At": self.last429_at,
         }
+
+
+def whole_requests(per_minute: float) -> int:
+    """A rate limit as the whole requests it lets through in a minute (an adaptive limit of
+    40.5/min grants 40 in some minutes and 41 in others): rounded half up, one rule for
+    every view of it (``pi-dash limits``, the dashboard's header)."""
+    return int(math.floor(per_minute + 0.5)) if math.isfinite(per_minute) else 0
 
 
 def _plain(value: float) -> float | int:

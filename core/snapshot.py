@@ -23,6 +23,7 @@ from .backoff import MAX_RETRY_AFTER_MS, deadline_skew_ms, honoured_until
 from .clock import SYSTEM_CLOCK, Clock
 from .config import ConfigProblem, load_config
 from .events import EventLog
+from .labels import Labelled, Labels, instance_labels, shorten_ids
 from .control import ACK_INTERVALS
 from .models import (
     BroadcastQueueState,
@@ -115,6 +116,7 @@ class InstanceView(NamedTuple):
     parallelism: InstanceParallelism | None = None
     raw: bytes | None = None  # the file as read: actions compare against it before removing anything
     model_limits: tuple[InstanceModelLimit, ...] = ()  # each model in use, as this instance counts it
+    label: str = ""  # short and unique in its fleet (core.labels): what every pane shows first
 
     @property
     def instance_id(self) -> str:
@@ -279,6 +281,16 @@ class FleetSnapshot:
     controls: tuple[ControlView, ...] = ()
     notice: str | None = None  # the store looks like no fleet's (a wrong --root): said in the header
     waits: Mapping[str, InstanceWaits] = field(default_factory=dict)  # per counted instance id
+    labels: Labels = field(default_factory=Labels)  # instance id -> its label (core.labels)
+
+    def label(self, instance_id: str) -> str:
+        """The short label of any instance id: a fleet member's own, else (a lock's holder or an
+        event's author that is gone) one that no member wears."""
+        return self.labels.of(instance_id)
+
+    def shorten(self, text: str) -> str:
+        """``text`` (an event's message) with each fleet member's id replaced by its label."""
+        return shorten_ids(text, self.labels.get) if self.labels else text
 
     def instance(self, instance_id: str) -> InstanceView | None:
         return next((i for i in self.instances if i.instance_id == instance_id), None)
@@ -294,10 +306,12 @@ class FleetSnapshot:
         return matching, semantics.model_parallel_limit(self.figures.parallel_limit, matching)
 
     def find_instances(self, query: str) -> list[InstanceView]:
-        """Instances a person named: by exact id, else by name (``PI_INSTANCE_ID``), else by id prefix."""
+        """Instances a person named: by exact id, else by name (``PI_INSTANCE_ID``), else by
+        the label the dashboard shows, else by id prefix."""
         for match in (
             lambda v: v.instance_id == query,
             lambda v: v.info is not None and v.info.instance_name == query,
+            lambda v: v.label == query,
             lambda v: v.instance_id.startswith(query),
         ):
             found = [v for v in self.instances if match(v)]
@@ -362,6 +376,7 @@ class FleetSnapshot:
             "instances": [
                 {
                     "key": i.key,
+                    "label": i.label,
                     "status": i.status.value,
                     "counted": i.counted,
                     "pidRunning": i.pid_running.value,
@@ -589,6 +604,7 @@ class SnapshotBuilder:
         self._last_index: _Index | None = None
         self._quiet_waits: dict[str, InstanceWaits] = {}
         self._alive_memo: tuple[tuple[int, int, int], _AliveFigures] | None = None
+        self._labels_memo: tuple[list[Labelled], Labels] | None = None
         self._orders: dict[Space, list[str]] = {}
         self._caches: dict[Space, RecordCache[Any]] = {
             INSTANCES: RecordCache(store, INSTANCES, InstanceInfo),
@@ -876,6 +892,19 @@ class SnapshotBuilder:
         self._alive_memo = (memo_key, result)
         return result
 
+    def _labels(self, judged: list[tuple[str, Loaded[InstanceInfo] | None, Status, int | None, bool, Liveness]]) -> Labels:
+        """Every instance's label (:mod:`core.labels`), made again only when the set of
+        instances (ids, names, pids) changed: a heartbeat rewrites a file, not the set."""
+        members = []
+        for key, entry, *_ in judged:
+            info = entry.record if entry is not None else None
+            members.append(Labelled(key) if info is None else Labelled(info.instance_id, info.instance_name, info.pid))
+        if self._labels_memo is not None and self._labels_memo[0] == members:
+            return self._labels_memo[1]
+        labels = Labels(instance_labels(members))
+        self._labels_memo = (members, labels)
+        return labels
+
     def _unreadable_pi_deletes(self, now: int, config: CoordinatorConfig) -> list[str]:
         """The unreadable files of pi's spaces that pi's cleanup would remove now
         (the readable ones are judged where the snapshot looks at them anyway)."""
@@ -958,6 +987,7 @@ class SnapshotBuilder:
                 )
 
         alive_figures = self._alive_figures(alive_records, config, self._caches[INSTANCES].generation)
+        labels = self._labels(judged)
         limits = alive_figures.limits
         problems.extend(alive_figures.problems)
         views = []
@@ -988,6 +1018,7 @@ class SnapshotBuilder:
                     parallelism_by_id.get(instance_id),
                     entry.raw if entry is not None else None,
                     alive_figures.model_limits.get(instance_id, ()) if counted else (),
+                    labels[instance_id],
                 )
             )
             adjuster = parallelism_by_id.get(instance_id) if counted else None
@@ -1083,4 +1114,5 @@ class SnapshotBuilder:
             figures=figures,
             problems=tuple(problems),
             notice=self._notice,
+            labels=labels,
         )

@@ -5,28 +5,27 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
+from core.limits_view import whole_requests
 from core.snapshot import FleetSnapshot, InstanceView, Status
 
-from .text import UserText, clip, clip_left, clock_datetime, clock_zone, duration
+from .text import UserText, clip, clip_middle, clock_datetime, clock_zone, duration
 
 if TYPE_CHECKING:
     from core.limits_view import ProviderLimits
 
 
 def _table(
-    headers: Sequence[str], rows: Sequence[Sequence[str]], width: int, stretch: int, keep_end: bool = False
+    headers: Sequence[str], rows: Sequence[Sequence[str]], width: int, stretch: int
 ) -> list[str]:
-    """Aligned columns; column ``stretch`` gives up width when the line is too long.
-
-    With ``keep_end`` that column is cut at its start (paths end in what matters).
-    """
+    """Aligned columns; column ``stretch`` gives up width when the line is too long, its
+    text cut in the middle (the dashboard's one rule for long text)."""
     widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(headers)]
     spare = width - (sum(widths) + 2 * (len(widths) - 1))
     widths[stretch] = max(len(headers[stretch]), widths[stretch] + min(0, spare))
     lines = []
     for row in [headers, *rows]:
         cells = [
-            (clip_left if keep_end and i == stretch else clip)(cell, widths[i]).ljust(widths[i])
+            clip_middle(cell, widths[i]).ljust(widths[i])
             for i, cell in enumerate(row)
         ]
         lines.append("  ".join(cells).rstrip())
@@ -90,6 +89,7 @@ def render(snapshot: FleetSnapshot, width: int = 100) -> str:
     if snapshot.instances:
         rows = [
             [
+                _shown(v.label),
                 _shown(v.instance_id),
                 str(v.info.pid) if v.info else "-",
                 v.status.value,
@@ -102,7 +102,7 @@ def render(snapshot: FleetSnapshot, width: int = 100) -> str:
             ]
             for v in sorted(snapshot.instances, key=lambda v: v.key)
         ]
-        lines += ["", *_table(["INSTANCE", "PID", "STATUS", "CLAIMS", "BEAT", "PEND", "LIMIT", "MODELS", "CWD"], rows, width, 8, keep_end=True)]
+        lines += ["", *_table(["LABEL", "INSTANCE", "PID", "STATUS", "CLAIMS", "BEAT", "PEND", "LIMIT", "MODELS", "CWD"], rows, width, 9)]
     if snapshot.models:
         rows = [
             [_shown(f"{m.provider}/{m.model}"), str(m.instance_count), _maybe(m.matching_instances), _maybe(m.parallel_limit)]
@@ -138,24 +138,21 @@ def render(snapshot: FleetSnapshot, width: int = 100) -> str:
     return "\n".join(lines)
 
 
-def _number(value: float) -> str:
-    return f"{value:g}" if value < 1e6 else f"{value:.3g}"
-
-
 def render_limits(rows: Sequence[ProviderLimits], problems: Sequence[str] = ()) -> str:
     """pi's ``pi_model_limits`` layout, with the fleet's live usage and backoff."""
     lines: list[str] = []
     for row in rows:
-        effective = row.effective_requests_per_minute
-        adapted = "" if effective == row.requests_per_minute else f" (effective {_number(effective)} after 429s)"
+        effective = whole_requests(row.effective_requests_per_minute)
+        configured = whole_requests(row.requests_per_minute)
+        adapted = "" if effective == configured else f" (effective {effective} after 429s)"
         lines += [
             f"Provider: {_shown(row.provider)}",
-            f"  Requests/minute: {_number(row.requests_per_minute)}{adapted}",
+            f"  Requests/minute: {configured}{adapted}",
             f"  Burst: {row.burst}",
-            f"  Current usage: {row.used_last_minute}/{_number(effective)}",
+            f"  Current usage: {row.used_last_minute}/{effective} requests in the last minute (used/effective limit)",
         ]
         for model, rpm, burst in row.model_limits:
-            lines.append(f"  Model {_shown(model)}: {_number(rpm)}/minute" + (f", burst {burst}" if burst else ""))
+            lines.append(f"  Model {_shown(model)}: {whole_requests(rpm)}/minute" + (f", burst {burst}" if burst else ""))
         active = [b for b in row.backoffs if b.active]
         if not active:
             lines.append("  Backoff: none")

@@ -17,7 +17,7 @@ from __future__ import annotations
 import math
 from datetime import datetime
 
-from rich.cells import cell_len
+from rich.cells import cell_len, get_character_cell_size
 from rich.style import Style
 from rich.text import Text
 
@@ -120,39 +120,74 @@ class UserText:
     def cell_len(self) -> int:
         return cell_len(self.shown)
 
-    def clip(self, width: int) -> UserText:
-        """At most ``width`` characters shown, with an ellipsis when cut."""
-        return self._cut(self.raw, clip(self.shown, width))
-
     def clip_middle(self, width: int) -> UserText:
-        """Cut in the middle: ids differ at both ends."""
+        """At most ``width`` cells shown, cut in the middle (:func:`clip_middle`)."""
         return self._cut(self.raw, clip_middle(self.shown, width))
-
-    def clip_left(self, width: int) -> UserText:
-        """Keeping the end (the informative part of a path)."""
-        return self._cut(self.raw, clip_left(self.shown, width))
 
 
 def clip(text: str, width: int) -> str:
-    """At most ``width`` characters, with an ellipsis when cut."""
+    """At most ``width`` characters, with an ellipsis when cut: for prose lines, whose start says
+    what they are about (names, paths, ids and models are cut in the middle: :func:`clip_middle`)."""
     if width <= 0:
         return ""
     return text if len(text) <= width else text[: max(0, width - 1)] + "…"
 
 
+ELLIPSIS = "…"
+
+
+def middle_cut(text: str, width: int) -> tuple[int, int] | None:
+    """Where the one cut of long text goes: ``text[:head] + "…" + text[tail:]`` fills
+    at most ``width`` terminal cells, keeping as much of both ends as fits (ids,
+    paths and model names differ at both ends).  None when ``text`` fits already.
+
+    Below five cells there is no middle worth keeping: the end goes instead.
+    """
+    if cell_len(text) <= width:
+        return None
+    if width <= 1:
+        return 0, len(text)
+    if width < 5:
+        return _chars_within(text, width - 1), len(text)
+    head_cells = (width - 1) // 2
+    head = _chars_within(text, head_cells)
+    tail = len(text) - _chars_within(text[::-1], width - 1 - head_cells)
+    return head, tail
+
+
+def _chars_within(text: str, cells: int) -> int:
+    """How many leading characters of ``text`` fit in ``cells`` terminal cells."""
+    used = 0
+    for count, ch in enumerate(text):
+        used += get_character_cell_size(ch)
+        if used > cells:
+            return count
+    return len(text)
+
+
 def clip_middle(text: str, width: int) -> str:
-    """At most ``width`` characters, cut in the middle: ids differ at both ends."""
-    if len(text) <= width or width < 5:
-        return clip(text, width)
-    head = (width - 1) // 2
-    return text[:head] + "…" + text[len(text) - (width - 1 - head) :]
-
-
-def clip_left(text: str, width: int) -> str:
-    """At most ``width`` characters, keeping the end (the informative part of a path)."""
+    """At most ``width`` cells, cut in the middle (:func:`middle_cut`): the rule for all long text."""
+    cut = middle_cut(text, width)
+    if cut is None:
+        return text
     if width <= 0:
         return ""
-    return text if len(text) <= width else "…" + text[len(text) - width + 1 :]
+    head, tail = cut
+    return text[:head] + ELLIPSIS + text[tail:]
+
+
+def clip_middle_text(text: Text, width: int) -> Text:
+    """:func:`clip_middle` of a Rich ``Text``, keeping its styles on both ends."""
+    cut = middle_cut(text.plain, width)
+    if cut is None:
+        return text
+    if width <= 0:
+        return Text("", style=text.style)
+    head, tail = cut
+    clipped = text[:head]
+    clipped.append(ELLIPSIS)
+    clipped.append_text(text[tail:])
+    return clipped
 
 
 def duration(ms: int | None, *, whole_seconds: bool = False) -> str:

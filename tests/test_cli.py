@@ -11,7 +11,7 @@ import pytest
 
 from core.coordinator import Coordinator
 from pi_dashboard.cli import main
-from pi_dashboard.text import UserText, clip_left, duration
+from pi_dashboard.text import UserText, clip_middle, duration
 
 
 def _fleet(root) -> Coordinator:
@@ -64,7 +64,8 @@ def test_root_from_environment(root, capsys, monkeypatch):
 def test_text_helpers():
     assert UserText("a\x1b[31mb\x07").shown == "a\\x1b[31mb\\x07"
     assert UserText("ü ok").shown == "ü ok"
-    assert clip_left("/very/long/path/project", 10) == "…h/project"
+    assert clip_middle("/very/long/path/project", 10) == "/ver…oject"
+    assert clip_middle("日本語のパス/長い", 9) == "日本…長い"  # cells, not characters: wide ones count twice
     assert [duration(ms) for ms in (None, 850, 12_000, 245_000, 3 * 3_600_000 + 720_000)] == [
         "-", "850ms", "12s", "4m05s", "3h12m"
     ]

@@ -5,17 +5,17 @@ from __future__ import annotations
 from core.snapshot import BackoffView, FleetSnapshot
 
 from ..text import UserText, duration
-from .keyed_table import SHORT_ID, Cell, Column, KeyedTable, Row
+from .keyed_table import Cell, Column, KeyedTable, Row
 from .palette import role_style
 
 
 class BackoffTable(KeyedTable):
     COLUMNS = (
-        ("model", "Provider/model"),
-        Column("left", "Wait", "right", descending=True),
-        Column("count", "429s/5m", "right", descending=True),
-        Column("waiting", "Waiting", "right", descending=True),
-        ("by", "Last reported by"),
+        Column("model", "Model", shrink=11, help="provider/model: the model the fleet backs off from"),
+        Column("left", "Wait", "right", descending=True, help="time left of the shared backoff; done: over"),
+        Column("count", "429s/5m", "right", descending=True, help="429s reported in the last five minutes"),
+        Column("by", "By", help="the label of the instance that reported the last 429"),
+        Column("waiting", "Insts", "right", descending=True, drop=2, help="instances using the model, so waiting while it lasts"),
     )
     SORT = ("left", True)  # the longest wait first
 
@@ -25,10 +25,11 @@ class BackoffTable(KeyedTable):
             if not view.active and not view.recent429s:
                 continue  # long quiet: nothing to say
             key = f"{view.provider}:{view.model}"
-            rows[key] = self.row_for(key, view, lambda: self._row(view))
+            by = snapshot.label(view.last_reported_by) if view.last_reported_by else ""
+            rows[key] = self.row_for(key, (view, by), lambda: self._row(view, by))
         self.sync(rows)
 
-    def _row(self, view: BackoffView) -> Row:
+    def _row(self, view: BackoffView, by: str) -> Row:
         return (
             Cell(UserText(f"{view.provider}/{view.model}")),
             Cell(
@@ -37,6 +38,6 @@ class BackoffTable(KeyedTable):
                 style=role_style(self.app, "error" if view.active else "success"),
             ),
             Cell(str(view.recent429s), view.recent429s),
+            Cell(UserText(by)),
             Cell(str(view.instances_waiting), view.instances_waiting),
-            Cell(UserText(view.last_reported_by or "").clip_middle(SHORT_ID)),
         )

@@ -26,7 +26,8 @@ KIND_ROLE = {
 
 class EventLogView(RichLog):
     def __init__(self, **kwargs: object) -> None:
-        super().__init__(max_lines=1000, markup=False, highlight=False, wrap=False, **kwargs)
+        # Wrapped, not cut: an event's end (the victim of a steal, a deadline) is often what matters.
+        super().__init__(max_lines=1000, markup=False, highlight=False, wrap=True, **kwargs)
         self._shown = 0
 
     def on_resize(self, event: events.Resize) -> None:
@@ -41,19 +42,27 @@ class EventLogView(RichLog):
         if new <= 0:
             return
         for event in snapshot.events[-min(new, len(snapshot.events)) :]:
-            self.write(self._line(event))
+            self.write(self._line(event, snapshot))
         self._shown = snapshot.event_count
 
     def note(self, kind: str, message: str, at_ms: int) -> None:
         """A line of the dashboard's own (what a key press did, right away)."""
         self.write(self._line(FleetEvent(at=at_ms, kind=kind, message=message, instance_id="pi-dash")))
 
-    def _line(self, event: FleetEvent) -> Text:
+    def _line(self, event: FleetEvent, snapshot: FleetSnapshot | None = None) -> Text:
+        """``HH:MM:SS kind label message``: instances named by label, in the message too."""
         try:
             line = Text(f"{clock_time(event.at)} ", style="dim")
             kind = UserText(event.kind).shown
             line.append(f"{kind:<12} ", style=role_style(self.app, KIND_ROLE.get(event.kind, "primary")))
-            line.append(str(UserText(event.message)))
+            message = event.message
+            if snapshot is not None and event.instance_id:  # the fleet's (the dashboard's own notes have no author)
+                message = snapshot.shorten(message)
+                label = snapshot.label(event.instance_id)
+                # "birch stole ... from fjord" by birch: its label once, not twice.
+                message = message[len(label) :].lstrip() if message.startswith(label + " ") else message
+                line.append(f"{UserText(label)} ", style="bold")
+            line.append(str(UserText(message)))
             return line
         except Exception as exc:  # the last guard: this event becomes a problem, the log goes on
             reason = UserText(f"cannot show this event: {type(exc).__name__}: {exc}")

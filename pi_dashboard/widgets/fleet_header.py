@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from rich.text import Text
 
+from core.limits_view import whole_requests
 from core.snapshot import FleetSnapshot, Status
 
 from ..text import UserText, clock_time, clock_zone
@@ -21,8 +22,8 @@ class FleetHeader(TextPane):
             return
         stamp = f"{clock_time(snapshot.taken_at_ms)} {clock_zone(snapshot.taken_at_ms)}"
         text.append("pi-dash ", style="bold")
-        text.append(str(UserText(snapshot.source)))
-        text.append(f"  {stamp}  [{watching}]", style="dim")
+        text.append(f"{UserText(snapshot.source)}  ")
+        text.append(f"{stamp}  [{watching}]", style="dim")
         if paused:
             text.append("  PAUSED", style=role_style(self.app, "warning", bold=True))
         if error:
@@ -40,10 +41,16 @@ class FleetHeader(TextPane):
             text.append(f"│ {count} problem{'s' if count != 1 else ''}", style=role_style(self.app, "warning"))
         text.append("\n")
         figures = snapshot.figures
-        text.append(f"pending {figures.total_pending} ")
-        text.append(f"│ limit {figures.parallel_limit}/instance of {snapshot.config.total_max_llm} ")
+        # Each segment ends in its space (an SVG export drops a segment's leading one).
+        text.append(f"pending {figures.total_pending} tasks │ ")
+        if snapshot.rate_limits:
+            text.append("requests/min used/limit: ")
         for rate in sorted(snapshot.rate_limits, key=lambda r: r.provider):
             backing_off = any(b.active for b in snapshot.backoffs if b.provider == rate.provider)
             style = role_style(self.app, "error") if backing_off else ""
-            text.append(f"│ {UserText(rate.provider)} {rate.used_last_minute}/{rate.effective_requests_per_minute:.0f} ", style=style)
+            usage = f"{UserText(rate.provider)} {rate.used_last_minute}/{whole_requests(rate.effective_requests_per_minute)}"
+            text.append(usage + (" backing off " if backing_off else " "), style=style)
+        if snapshot.rate_limits:
+            text.append("│ ")
+        text.append(f"LLM slots {snapshot.config.total_max_llm}, even share {figures.parallel_limit}/instance (Lim: by pending)")
         self.show_text(text)

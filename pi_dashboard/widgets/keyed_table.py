@@ -12,6 +12,12 @@ body scrolls.
 Every table sorts by any of its columns, the same way: ``s`` / ``S`` (the app's
 keys, on the focused table) or a click on a header; the sorted column's header
 carries an arrow.  The order comes from each :class:`Cell`'s sort value.
+
+Columns fit the pane: each :class:`Column` says how far it may shrink (its text
+cut in the middle, the one rule for long text) and when it gives way (``drop``:
+higher first, shrinking then dropping; 0 never drops).  When even the columns that never drop, at their
+narrowest, are wider than the pane, the table scrolls sideways with its first
+column (the label) kept in place.
 """
 
 from __future__ import annotations
@@ -31,10 +37,9 @@ from textual.strip import Strip
 
 from ..actions import bindings
 from ..messages import RecordUnshown
-from ..text import UserText, escaped
+from ..text import UserText, clip_middle_text, escaped
 
 Row = tuple[Text, ...]
-SHORT_ID = 28  # instance ids in panes other than the instances table are cut to this
 PADDING = 1  # blank cells either side of every cell
 PAD = Segment(" " * PADDING)
 
@@ -44,6 +49,48 @@ class Column(NamedTuple):
     label: str
     justify: str = "left"  # "left" or "right" (counts and durations line up on the right)
     descending: bool = False  # sorting on it starts largest first (most pending, oldest, longest)
+    drop: int = 0  # when the pane is too narrow, columns shrink then drop, highest first; 0: never drops
+    shrink: int | None = None  # the narrowest it may be cut to (in the middle); None: never cut
+    help: str = ""  # what its figures mean (the help's glossary)
+
+
+class Fit(NamedTuple):
+    """The columns shown at one width: (column index, cells wide) each, left to right."""
+
+    shown: tuple[tuple[int, int], ...]
+    width: int  # cells of one full row, padding included
+
+    @property
+    def indexes(self) -> tuple[int, ...]:
+        return tuple(index for index, _ in self.shown)
+
+
+def fit_columns(columns: Sequence[Column], natural: Sequence[int], available: int) -> Fit:
+    """Which columns show, how wide, in ``available`` cells.
+
+    Every column starts at its natural width.  While the row is too wide, the
+    column of highest ``drop`` still shown shrinks (as far as its ``shrink``
+    lets it, no further than needed) and, if that is not enough, drops; of
+    equal ``drop``, the rightmost goes first.  So a column loses cells only
+    once every column of lower priority is gone.  Columns that never drop
+    (``drop`` 0, and the first column) then shrink, rightmost first.  What
+    still does not fit scrolls.
+    """
+    widths = dict(enumerate(natural))
+    narrowest = [min(n, c.shrink) if c.shrink is not None else n for c, n in zip(columns, natural)]
+    excess = sum(w + 2 * PADDING for w in natural) - available
+    droppable = sorted((i for i, c in enumerate(columns) if c.drop > 0 and i > 0), key=lambda i: (-columns[i].drop, -i))
+    kept = sorted((i for i in widths if i not in droppable), reverse=True)
+    for i in [*droppable, *kept]:
+        if excess <= 0:
+            break
+        give = min(excess, widths[i] - narrowest[i])
+        widths[i] -= give
+        excess -= give
+        if excess > 0 and i in droppable:
+            excess -= widths.pop(i) + 2 * PADDING
+    fitted = tuple(sorted(widths.items()))
+    return Fit(fitted, sum(w + 2 * PADDING for _, w in fitted))
 
 
 class Cell(Text):
@@ -125,7 +172,9 @@ class KeyedTable(ScrollView, can_focus=True):
         column, self._sort_reverse = self.SORT
         index = self._column_index(column)
         self._sort_column = 0 if index is None else index
-        self._widths = self._measure()
+        self._widths = self._measure()  # natural: the widest cell (or header) of each column
+        self._fit = fit_columns(self.columns, self._widths, 1_000_000)
+        self._fitted_for: tuple[int, tuple[int, ...]] | None = None  # (available, natural widths) of _fit
 
     # ------------------------------------------------------------- reading
     @property
@@ -179,8 +228,7 @@ class KeyedTable(ScrollView, can_focus=True):
             return
         if widths != self._widths:
             self._widths = widths
-            self._lines.clear()
-            self._header = None
+            self._refit()
             reorder = True  # everything repaints anyway
         if reorder:
             self._reorder(selected)
@@ -233,7 +281,7 @@ class KeyedTable(ScrollView, can_focus=True):
         widths = self._measure()  # the arrow moved: two header cells changed width
         if widths != self._widths:
             self._widths = widths
-            self._lines.clear()
+            self._refit()
         self._reorder(self.selected_key)
         return True
 
@@ -262,22 +310,38 @@ class KeyedTable(ScrollView, can_focus=True):
         return next((n for n, c in enumerate(self.columns) if c.key == key), None)
 
     def _show_column(self, index: int) -> None:
-        """Scroll sideways, if need be, so the column just sorted on (and its arrow) is in view."""
-        left = sum(width + 2 * PADDING for width in self._widths[:index])
-        right = left + self._widths[index] + 2 * PADDING
-        shown_from, width = int(self.scroll_offset.x), self.scrollable_content_region.width
-        if left < shown_from:
-            self.scroll_to(x=left, animate=False)
-        elif right > shown_from + width:
-            self.scroll_to(x=min(left, right - width), animate=False)
+        """Scroll sideways, if need be, so the column just sorted on (and its arrow) is in view
+        (the first column always is; a column the pane's width left out cannot be)."""
+        shown = self._fit.shown
+        if not shown or index == shown[0][0]:
+            return
+        start = 0
+        for column, width in shown:
+            if column == index:
+                break
+            start += width + 2 * PADDING
+        else:
+            return
+        end = start + width + 2 * PADDING
+        frozen = shown[0][1] + 2 * PADDING
+        scrolled, room = int(self.scroll_offset.x), self.scrollable_content_region.width
+        if start < frozen + scrolled:
+            self.scroll_to(x=start - frozen, animate=False)
+        elif end > scrolled + room:
+            self.scroll_to(x=end - room, animate=False)
 
     def _column_at(self, x: int) -> Column | None:
-        """The column under ``x``, counted in the full row's cells."""
+        """The column shown under ``x`` cells from the table's left edge (the first column stays put)."""
+        shown = self._fit.shown
+        if not shown:
+            return None
+        if x >= shown[0][1] + 2 * PADDING:
+            x += int(self.scroll_offset.x)
         right = 0
-        for column, width in zip(self.columns, self._widths):
+        for index, width in shown:
             right += width + 2 * PADDING
             if x < right:
-                return column
+                return self.columns[index]
         return None
 
     def restyle(self) -> None:
@@ -289,8 +353,35 @@ class KeyedTable(ScrollView, can_focus=True):
 
     @property
     def _line_width(self) -> int:
-        """Cells of one full row: every column padded on both sides."""
-        return sum(width + 2 * PADDING for width in self._widths)
+        """Cells of one full row: every shown column padded on both sides."""
+        return self._fit.width
+
+    @property
+    def shown_columns(self) -> list[str]:
+        """The keys of the columns shown at the table's width, left to right."""
+        return [self.columns[index].key for index in self._fit.indexes]
+
+    def on_resize(self, event: events.Resize) -> None:
+        if self._refit():
+            self.virtual_size = Size(self._line_width, len(self._order) + 1)
+
+    def _refit(self) -> bool:
+        """Fit the columns to the width there is (and the widths they need); True if that changed them."""
+        available = self.scrollable_content_region.width
+        if available <= 0:
+            available = 1_000_000  # not laid out yet: everything, until a resize says otherwise
+        fitted_for = (available, tuple(self._widths))
+        if fitted_for == self._fitted_for:
+            return False
+        self._fitted_for = fitted_for
+        fit = fit_columns(self.columns, self._widths, available)
+        if fit == self._fit:
+            return False
+        self._fit = fit
+        self._lines.clear()
+        self._header = None
+        self.refresh()
+        return True
 
     def _header_labels(self) -> list[str]:
         """Each column's header; the sorted one with its arrow."""
@@ -367,7 +458,7 @@ class KeyedTable(ScrollView, can_focus=True):
         if offset is None:
             return
         if offset.y == 0:  # the header: sort by the column clicked (again: reverse)
-            column = self._column_at(int(self.scroll_offset.x) + offset.x)
+            column = self._column_at(offset.x)
             if column is not None:
                 self.sort_on(column.key)
             return
@@ -385,7 +476,7 @@ class KeyedTable(ScrollView, can_focus=True):
         width = self.size.width
         if y == 0:
             style = self._style("keyed-table--header")
-            return self._header_line().crop_extend(left, left + width, style).apply_style(style)
+            return self._crop(self._header_line(), left, width, style).apply_style(style)
         index = top + y - 1
         if index >= len(self._order):
             return Strip.blank(width, self._style(""))
@@ -396,14 +487,23 @@ class KeyedTable(ScrollView, can_focus=True):
         if index == self._cursor:
             style = self._style("keyed-table--cursor")
             if not self.has_focus:
-                return line.crop_extend(left, left + width, style).apply_style(style)
+                return self._crop(line, left, width, style).apply_style(style)
             # Focused: over the cells' own colours, so the row being worked on reads plainly.
-            return Strip(Segment.apply_style(line.crop_extend(left, left + width, style), post_style=style), width)
+            return Strip(Segment.apply_style(self._crop(line, left, width, style), post_style=style), width)
         if index % 2:
             style = self._style("keyed-table--even-row")
         else:
             style = self._style("")
-        return line.crop_extend(left, left + width, style).apply_style(style)
+        return self._crop(line, left, width, style).apply_style(style)
+
+    def _crop(self, line: Strip, left: int, width: int, style: Style) -> Strip:
+        """The part of ``line`` on screen, scrolled ``left`` cells: the first column stays put."""
+        if left <= 0 or not self._fit.shown:
+            return line.crop_extend(0, width, style)
+        frozen = self._fit.shown[0][1] + 2 * PADDING
+        if frozen >= width:
+            return line.crop_extend(left, left + width, style)
+        return Strip.join([line.crop_extend(0, frozen, style), line.crop_extend(frozen + left, left + width, style)])
 
     def _style(self, component: str) -> Style:
         style = self._styles.get(component)
@@ -424,7 +524,11 @@ class KeyedTable(ScrollView, can_focus=True):
     def _render_cells(self, cells: Sequence[Text]) -> Strip:
         console = self.app.console
         segments: list[Segment] = []
-        for column, width, cell in zip(self.columns, self._widths, cells):
+        columns = self.columns
+        for index, width in self._fit.shown:
+            column, cell = columns[index], cells[index]
+            if cell.cell_len > width:
+                cell = clip_middle_text(cell, width)
             gap = width - cell.cell_len
             right = (cell.justify or column.justify) == "right"
             segments.append(Segment(" " * (PADDING + gap)) if right else PAD)

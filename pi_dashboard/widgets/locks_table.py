@@ -5,12 +5,17 @@ from __future__ import annotations
 from core.snapshot import FleetSnapshot, LockView
 
 from ..text import UserText, duration
-from .keyed_table import SHORT_ID, Cell, Column, KeyedTable, Row
+from .keyed_table import Cell, Column, KeyedTable, Row
 from .palette import role_style
 
 
 class LocksTable(KeyedTable):
-    COLUMNS = (("resource", "Resource"), Column("ttl", "TTL left", "right"), Column("age", "Age", "right", descending=True), ("holder", "Holder"))
+    COLUMNS = (
+        Column("resource", "Resource", shrink=12, help="what is locked; steal:LABEL is that instance's queue, taken by a thief"),
+        Column("holder", "Holder", help="the label of the instance holding it"),
+        Column("ttl", "TTL left", "right", help="time until it expires (pi then takes it as free); expired: past it"),
+        Column("age", "Age", "right", descending=True, drop=1, help="time since it was taken"),
+    )
 
     def __init__(self, **kwargs: object) -> None:
         super().__init__(**kwargs)
@@ -25,22 +30,32 @@ class LocksTable(KeyedTable):
         self.views = {view.key: view for view in snapshot.locks}
         rows = {}
         for view in snapshot.locks:
-            rows[view.key] = self.row_for(view.key, view, lambda: self._row(view))
+            holder = snapshot.label(view.lock.holder) if view.lock else ""
+            resource = steal_target(view.resource, snapshot)
+            rows[view.key] = self.row_for(view.key, (view, holder, resource), lambda: self._row(view, holder, resource))
         self.sync(rows)
 
-    def _row(self, view: LockView) -> Row:
+    def _row(self, view: LockView, holder: str, resource: str) -> Row:
         lock = view.lock
         if lock is None:
             return (
                 Cell(UserText(view.key)),
+                Cell("?", style=role_style(self.app, "error")),
                 Cell(UserText(view.problem or "unreadable"), style=role_style(self.app, "error")),
                 Cell(""),
-                Cell("?", style=role_style(self.app, "error")),
             )
         ttl = "expired" if view.expired else duration(view.ttl_left_ms)
         return (
-            Cell(UserText(lock.resource).clip(26)),
+            Cell(UserText(resource), lock.resource),
+            Cell(UserText(holder), (holder, lock.holder)),
             Cell(ttl, view.ttl_left_ms, style=role_style(self.app, "warning") if view.expired else ""),
             Cell(duration(view.age_ms), view.age_ms),
-            Cell(UserText(lock.holder).clip_middle(SHORT_ID)),
         )
+
+
+def steal_target(resource: str, snapshot: FleetSnapshot) -> str:
+    """A steal lock's resource names its queue's owner by id: shown by label."""
+    prefix, _, owner = resource.partition(":")
+    if prefix == "steal" and owner:
+        return f"steal:{snapshot.label(owner)}"
+    return resource

@@ -11,6 +11,7 @@ from ..text import UserText
 from .text_pane import TextPane
 
 RECENT = 5
+LINE_WIDTH = 36  # before the pane is laid out: its width at 160 columns
 
 
 class StealStats(TextPane):
@@ -28,6 +29,8 @@ class StealStats(TextPane):
         steals = [e for e in snapshot.events if e.kind == "steal"][-RECENT:]
         if steals:
             text.append("latest steals:\n", style="bold")
+        width = self.content_region.width or LINE_WIDTH
         for event in reversed(steals):
-            text.append(f"{UserText(event.message)}\n", style="dim")
+            # Cut in the middle (the one rule): the thief at the start, the victim at the end.
+            text.append(f"{UserText(snapshot.shorten(event.message)).clip_middle(width)}\n", style="dim")
         self.show_text(text)

@@ -73,6 +73,8 @@ from pi_dashboard.widgets.keyed_table import KeyedTable
 NOW = 1_771_373_735_675  # 2026-02-18T00:15:35.675Z, the frozen instant of the fixture
 FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "dashboard_fleet"
 OPERATOR = "pi-dash:ops@devbox"
+DEMO_FIXTURE = FIXTURE.parent / "demo_fleet"  # pi-dash demo's directory at one instant
+DEMO_NOW = int((FIXTURE.parent / "demo_fleet.now").read_text())
 
 A = "sess-1a2b3c4d-pid48213-mlr81kae-k3j9"  # alive, busy
 B = "sess-7f3e9a01-pid48377-mlr8kumx-q0zz"  # alive, idle thief
@@ -331,6 +333,16 @@ def fleet(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
+def demo_fleet(tmp_path: Path) -> Path:
+    """A private copy of the demo fleet (captured by ``tests/fixtures/capture_demo_fleet.py``),
+    mtimes frozen with the clock at the instant of the capture (:data:`DEMO_NOW`)."""
+    root = tmp_path / "runtime"
+    shutil.copytree(DEMO_FIXTURE, root)
+    freeze_mtimes(root, DEMO_NOW)
+    return root
+
+
+@pytest.fixture
 def frozen() -> ManualClock:
     return ManualClock(NOW)
 
@@ -350,6 +362,13 @@ def row_keys(table: KeyedTable) -> list[str]:
 
 def row_text(table: KeyedTable, key: str) -> list[str]:
     return [cell.plain if isinstance(cell, Text) else str(cell) for cell in table.get_row(key)]
+
+
+def cell_text(table: KeyedTable, key: str, column: str) -> str:
+    """The text of row ``key``'s cell in the column whose key is ``column`` (shown or dropped)."""
+    index = [c.key for c in table.columns].index(column)
+    cell = table.get_row(key)[index]
+    return cell.plain if isinstance(cell, Text) else str(cell)
 
 
 def event_lines(app: PiDashApp) -> list[str]:

@@ -56,7 +56,7 @@ from .conftest import (
     make_app,
     record_notices,
     row_keys,
-    row_text,
+    cell_text,
     screen_text,
     select,
     until,
@@ -184,7 +184,7 @@ async def test_drain_a_real_coordinator_process(tmp_path: Path) -> None:
             await until(pilot, lambda: status() in (Status.DRAINING, Status.OFFLINE), 3, "draining or offline on screen")
             assert worker.wait(timeout=10) == 0
             await until(pilot, lambda: status() is Status.OFFLINE, 5, "offline on screen")
-            assert row_text(table, instance_id)[2] == "offline"
+            assert cell_text(table, instance_id, "status") == "offline"
         answered = ControlRequest.from_json(store.read(CONTROL, instance_id).data)
         assert answered.acknowledged_at is not None and answered.completed_at is not None
         assert answered.acknowledged_at - answered.requested_at < 2_000
@@ -259,14 +259,14 @@ async def test_an_instance_that_never_acknowledges_is_flagged(tmp_path: Path) ->
         await confirm(pilot)
         assert store.read(CONTROL, iid) is not None
         await until(pilot, lambda: [c.state for c in app.snapshot.controls] == ["pending"], 5, "a pending request")
-        assert row_text(table, iid)[2] == "alive"
+        assert cell_text(table, iid, "status") == "alive"
         clock.advance(15_000)  # one interval: still only pending
         pi_like.heartbeat()
         await until(pilot, lambda: app.snapshot.taken_at_ms == clock.now_ms(), 5, "a rebuild at +15 s")
         assert [c.state for c in app.snapshot.controls] == ["pending"]
         clock.advance(15_001)  # past two intervals
         pi_like.heartbeat()
-        await until(pilot, lambda: row_text(table, iid)[2] == "alive (no ack)", 5, "'no ack' in the row")
+        await until(pilot, lambda: cell_text(table, iid, "status") == "alive (no ack)", 5, "'no ack' in the row")
         assert [c.state for c in app.snapshot.controls] == ["not-acknowledged"]
         problems = str(app.query_one(ProblemsPanel).render())
         assert "not-acknowledged" in problems and "does not answer control requests" in problems
@@ -341,7 +341,7 @@ async def test_a_dead_instance_that_came_back_is_not_removed(fleet: Path, frozen
         store.write(INSTANCES, E, revived.to_json())  # its heartbeat resumed meanwhile
         await confirm(pilot)
         await pilot.pause()
-        assert row_text(table, E)[2] == "alive"
+        assert cell_text(table, E, "status") == "alive"
     assert store.read(INSTANCES, E) is not None and store.read(QUEUES, E) is not None
     assert notices == [(f"{E} changed since it was seen dead; nothing removed", "warning")]
 
@@ -419,31 +419,29 @@ async def test_sort_by_key_on_the_focused_table(fleet: Path, frozen: ManualClock
     async with app.run_test(size=(160, 48)) as pilot:
         table = app.query_one(InstancesTable)
         assert row_keys(table) == BY_ID and "Instance ▲" in header(table)
-        await pilot.press("s")  # PID; the corrupt file and the offline instance have none
-        assert row_keys(table) == [OFFLINE, F, G_KEY, E, A, B, C, D] and "PID ▲" in header(table)
-        assert "Instance ▲" not in header(table) and "Instance" in header(table)
         await pilot.press("s")  # status, worst first
         by_status = [F, E, C, D, A, B, G_KEY, OFFLINE]
         assert row_keys(table) == by_status and "Status ▲" in header(table)
+        assert "Instance ▲" not in header(table) and "Instance" in header(table)
         await pilot.press("S")
         assert row_keys(table) == by_status[::-1] and "Status ▼" in header(table)
-        await pilot.press("s", "s")  # claims, then heartbeat age: oldest first
+        await pilot.press("s")  # heartbeat age: oldest first
         assert row_keys(table)[:3] == [E, C, G_KEY] and "Beat ▼" in header(table)
         await pilot.press("s")  # pending: most first (numbers as numbers: 7 > 4 > 3 > 1)
         assert row_keys(table)[:3] == [A, E, C] and "Pend ▼" in header(table)
         locks = app.query_one(LocksTable)
         locks.focus()
-        await pilot.press("s")  # the focused table, not the instances: TTL left, soonest first
+        await pilot.press("s")  # the focused table, not the instances: Holder, then TTL left, soonest first
+        await pilot.press("s")
         assert row_keys(locks) == [lock_key(r) for r in (LOCK_EXPIRED, LOCK_HELD, LOCK_DEPLOY)]
         assert locks.sort_label == "TTL left ▲" and row_keys(table)[:3] == [A, E, C]
         notes = [line.split(" sort ", 1)[1].strip() for line in event_lines(app) if " sort " in line]
     assert notes == [
-        "Instances sorted by PID ▲",
         "Instances sorted by Status ▲",
         "Instances sorted by Status ▼",
-        "Instances sorted by Claims ▲",
         "Instances sorted by Beat ▼",
         "Instances sorted by Pend ▼",
+        "Locks sorted by Holder ▲",
         "Locks sorted by TTL left ▲",
     ]
 
@@ -504,7 +502,7 @@ async def test_theme_cycles_and_panes_follow(fleet: Path, frozen: ManualClock) -
         for _ in range(3):
             await pilot.press("t")
             await pilot.pause()
-            status_cell = table.get_row(A)[2]
+            status_cell = table.get_row(A)[[c.key for c in table.columns].index("status")]
             assert status_cell.style.color.name.lower() == app.current_theme.success.lower()
             seen.append(app.theme)
         notes = [line.split("theme", 1)[1].strip() for line in event_lines(app) if " theme " in line]

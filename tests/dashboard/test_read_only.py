@@ -58,6 +58,7 @@ async def test_every_action_key_changes_no_file(fleet: Path, frozen: ManualClock
         assert "Filter instances" in palette and not any(n.startswith(("Drain", "Release", "Remove")) for n in palette)
 
         await pilot.press("question_mark")
+        await pilot.pause()
         assert isinstance(app.screen, HelpScreen)
         help_text = screen_text(app.export_screenshot())
         assert "Read-only" in help_text and "drain the selected" not in help_text

@@ -12,10 +12,11 @@ from pathlib import Path
 
 import pytest
 
+from core.clock import ManualClock
 from core.store import DirectoryStore
 from pi_dashboard.app import PiDashApp
 
-from .conftest import FIXTURE, G, G_CWD, G_MODEL, make_app, screen_text, write_fleet
+from .conftest import DEMO_NOW, FIXTURE, G, G_CWD, G_MODEL, make_app, screen_text, write_fleet
 
 SIZES = [pytest.param((80, 24), id="80x24"), pytest.param((160, 48), id="160x48")]
 MISSING_ROOT = Path("/nonexistent/pi-dash-tests/runtime")
@@ -91,6 +92,29 @@ def test_light_theme(snap_compare, app: PiDashApp, size: tuple[int, int]) -> Non
     assert snap_compare(app, terminal_size=size, press=["t", "t"])
 
 
+# ------------------------------------------------------------ the demo fleet
+DEMO_SIZES = [pytest.param((80, 24), id="80x24"), pytest.param((160, 48), id="160x48"), pytest.param((200, 60), id="200x60")]
+DEMO_LOOKS = [
+    pytest.param(("pi-dark", False), id="dark"),
+    pytest.param(("pi-light", False), id="light"),
+    pytest.param(("pi-high-contrast", False), id="high-contrast"),
+    pytest.param(("pi-dark", True), id="no-color"),
+]
+
+
+@pytest.mark.parametrize("look", DEMO_LOOKS)
+@pytest.mark.parametrize("size", DEMO_SIZES)
+def test_demo_fleet(snap_compare, demo_fleet: Path, monkeypatch: pytest.MonkeyPatch, size: tuple[int, int], look: tuple[str, bool]) -> None:
+    """The demo's fleet (tests/fixtures/demo_fleet, captured from ``pi-dash demo``) in each
+    theme and under NO_COLOR, where every state still reads as a word or a symbol."""
+    theme, no_color = look
+    if no_color:
+        monkeypatch.setenv("NO_COLOR", "1")  # read (and taken out of the environment) by the app
+    monkeypatch.chdir(demo_fleet.parent)
+    app = make_app(DirectoryStore(Path(demo_fleet.name)), ManualClock(DEMO_NOW), theme=theme)
+    assert snap_compare(app, terminal_size=size)
+
+
 # ------------------------------------------------------------ beyond pixels
 def _shown(text: str) -> str:
     """How the dashboard must show user text: control characters as escapes, markup as typed."""
@@ -123,7 +147,7 @@ async def test_small_terminal_header_keeps_the_problem_count(app: PiDashApp) -> 
     async with app.run_test(size=(80, 24)) as pilot:
         await pilot.pause()
         shown = screen_text(app.export_screenshot())
-    assert "1 problem" in shown and "anthropic 20/40" in shown
+    assert "1 problem" in shown and "anthropic 20/41" in shown  # 40.5 requests/min: whole requests
 
 
 @pytest.mark.anyio
@@ -131,8 +155,8 @@ async def test_wide_locks_pane_shows_which_locks_expired(app: PiDashApp) -> None
     async with app.run_test(size=(160, 48)) as pilot:
         await pilot.pause()
         shown = screen_text(app.export_screenshot())
-    row = next(line for line in shown.splitlines() if "steal:sess-e5e5e5e5" in line)
-    assert "expired" in row
+    row = next(line for line in shown.splitlines() if "steal:e5e5" in line)  # E's queue, by its label
+    assert "expired" in row and "c0ff" in row  # held by C
 
 
 def test_fixture_is_what_the_generator_writes(tmp_path: Path) -> None:
