@@ -65,7 +65,7 @@ class Fit(NamedTuple):
         return tuple(index for index, _ in self.shown)
 
 
-def fit_columns(columns: Sequence[Column], natural: Sequence[int], available: int) -> Fit:
+def fit_columns(columns: Sequence[Column], natural: Sequence[int], available: int, keep: int = 0) -> Fit:
     """Which columns show, how wide, in ``available`` cells.
 
     Every column starts at its natural width.  While the row is too wide, the
@@ -73,13 +73,13 @@ def fit_columns(columns: Sequence[Column], natural: Sequence[int], available: in
     lets it, no further than needed) and, if that is not enough, drops; of
     equal ``drop``, the rightmost goes first.  So a column loses cells only
     once every column of lower priority is gone.  Columns that never drop
-    (``drop`` 0, and the first column) then shrink, rightmost first.  What
-    still does not fit scrolls.
+    (``drop`` 0, the first column and ``keep``, the one sorted on) then
+    shrink, rightmost first.  What still does not fit scrolls.
     """
     widths = dict(enumerate(natural))
     narrowest = [min(n, c.shrink) if c.shrink is not None else n for c, n in zip(columns, natural)]
     excess = sum(w + 2 * PADDING for w in natural) - available
-    droppable = sorted((i for i, c in enumerate(columns) if c.drop > 0 and i > 0), key=lambda i: (-columns[i].drop, -i))
+    droppable = sorted((i for i, c in enumerate(columns) if c.drop > 0 and i not in (0, keep)), key=lambda i: (-columns[i].drop, -i))
     kept = sorted((i for i in widths if i not in droppable), reverse=True)
     for i in [*droppable, *kept]:
         if excess <= 0:
@@ -173,8 +173,8 @@ class KeyedTable(ScrollView, can_focus=True):
         index = self._column_index(column)
         self._sort_column = 0 if index is None else index
         self._widths = self._measure()  # natural: the widest cell (or header) of each column
-        self._fit = fit_columns(self.columns, self._widths, 1_000_000)
-        self._fitted_for: tuple[int, tuple[int, ...]] | None = None  # (available, natural widths) of _fit
+        self._fit = fit_columns(self.columns, self._widths, 1_000_000, keep=self._sort_column)
+        self._fitted_for: tuple[int, tuple[int, ...], int] | None = None  # (available, natural widths, sorted on) of _fit
 
     # ------------------------------------------------------------- reading
     @property
@@ -278,10 +278,8 @@ class KeyedTable(ScrollView, can_focus=True):
             return False
         self._sort_column, self._sort_reverse = index, reverse
         self._header = None
-        widths = self._measure()  # the arrow moved: two header cells changed width
-        if widths != self._widths:
-            self._widths = widths
-            self._refit()
+        self._widths = self._measure()  # the arrow moved: two header cells changed width
+        self._refit()  # and the column sorted on stays, whatever the width
         self._reorder(self.selected_key)
         return True
 
@@ -370,11 +368,11 @@ class KeyedTable(ScrollView, can_focus=True):
         available = self.scrollable_content_region.width
         if available <= 0:
             available = 1_000_000  # not laid out yet: everything, until a resize says otherwise
-        fitted_for = (available, tuple(self._widths))
+        fitted_for = (available, tuple(self._widths), self._sort_column)
         if fitted_for == self._fitted_for:
             return False
         self._fitted_for = fitted_for
-        fit = fit_columns(self.columns, self._widths, available)
+        fit = fit_columns(self.columns, self._widths, available, keep=self._sort_column)
         if fit == self._fit:
             return False
         self._fit = fit

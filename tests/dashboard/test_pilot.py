@@ -466,8 +466,8 @@ async def test_sort_by_header_click_reverses_on_the_second(fleet: Path, frozen: 
         assert row_keys(instances)[-2:] == [E, A] and "Pend ▲" in header(instances)
         parallelism = app.query_one(ParallelismTable)
         await click_header(pilot, parallelism, "Health")  # worst first: 429s, then degraded, then ok
-        health = [row_text(parallelism, key)[4] for key in row_keys(parallelism)]
-        assert health == ["2x429", "degraded", "ok", "ok", "ok"]
+        health = [cell_text(parallelism, key, "health") for key in row_keys(parallelism)]
+        assert health == ["2×429", "degraded", "ok", "ok", "ok"]
         notes = [line.split(" sort ", 1)[1].strip() for line in event_lines(app) if " sort " in line]
     assert notes == [
         "Locks sorted by Age ▼",
@@ -529,7 +529,7 @@ async def test_theme_and_sorts_are_remembered_for_the_next_run(fleet: Path, froz
         instances, locks = again.query_one(InstancesTable), again.query_one(LocksTable)
         assert row_keys(instances)[:3] == [A, E, C] and "Pend ▼" in header(instances)
         assert row_keys(locks) == [lock_key(r) for r in (LOCK_HELD, LOCK_DEPLOY, LOCK_EXPIRED)] and locks.sort_label == "Age ▲"
-        assert "Provider/model ▲" in header(again.query_one(ParallelismTable))  # never sorted: its first column
+        assert "Instance ▲" in header(again.query_one(ParallelismTable))  # never sorted: its first column
     (tmp_path / "config" / "pi-dash" / "prefs.json").write_text('{"sorts": {"instances": ["no-such-column", true]}}')
     stale = make_app(DirectoryStore(fleet), frozen)  # a column that went away: the default order
     async with stale.run_test(size=(160, 48)) as pilot:
@@ -679,6 +679,7 @@ async def test_zoom_gives_the_focused_pane_the_body_at_any_size(fleet: Path, fro
 async def test_table_keys_j_k_g_G_ctrl_d_ctrl_u(fleet: Path, frozen: ManualClock) -> None:
     app = make_app(DirectoryStore(fleet), frozen)
     async with app.run_test(size=(80, 24)) as pilot:
+        await pilot.pause()  # laid out: the columns fitted to the width, no sideways scrollbar
         table = app.query_one(InstancesTable)
         half = round(0.5 * (table.scrollable_content_region.height - 1))
         assert 1 <= half < len(BY_ID) - 1
@@ -714,9 +715,9 @@ async def test_sorting_on_a_column_out_of_sight_scrolls_it_into_view(fleet: Path
     app = make_app(DirectoryStore(fleet), frozen)
     async with app.run_test(size=(80, 24)) as pilot:
         table = app.query_one(InstancesTable)
-        assert "Cwd" not in header(table)
-        await pilot.press(*"s" * 10)  # the last column
-        assert table.sort_label == "Cwd ▲" and "Cwd ▲" in header(table)
+        assert "PID" not in header(table)  # the 80 columns left it out
+        await pilot.press(*"s" * 11)  # the last column: shown while it is sorted on
+        assert table.sort_label == "PID ▲" and "PID ▲" in header(table)
         await pilot.press("s")  # back to the first
         assert "Instance ▲" in header(table)
 
