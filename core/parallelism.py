@@ -256,7 +256,8 @@ class DynamicParallelismAdjuster:
             current = state.config.current_parallelism
             reduced = max(state.config.min_parallelism, math.floor(current * (1 - factor)))
             origin = f" (reported by {seen_by})" if seen_by else ""
-            self._set_current(state, reduced, f"{error_type} error{origin}: {current} -> {reduced}")
+            change = f"{current} -> {reduced}" if reduced != current else f"held at {current}, its minimum"
+            self._set_current(state, reduced, f"{error_type} error{origin}: {change}")
 
     def attempt_recovery(self, provider: str, model: str) -> bool:
         """Grow back towards base if quiet long enough; ``True`` if it grew."""

@@ -23,7 +23,7 @@ as "not waiting".  The same vocabulary (:class:`WaitKind`) tells a caller of
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
@@ -264,9 +264,14 @@ def instance_waits(
     return InstanceWaits(info.instance_id, records, tuple(reasons))
 
 
-def explain(waits: InstanceWaits, status: str, now: int) -> str:
-    """One paragraph a person can read: ``pi-dash why``."""
-    who = f"{waits.instance_id} ({status})"
+def explain(
+    waits: InstanceWaits, status: str, now: int, *, label: str | None = None, shorten: Callable[[str], str] = str
+) -> str:
+    """One paragraph a person can read: ``pi-dash why``.
+
+    ``label`` names the instance first (its full id follows once); ``shorten`` turns the other
+    instances' ids in the reasons (who reported a 429, who holds a lock) into their labels."""
+    who = f"{label} ({waits.instance_id}, {status})" if label and label != waits.instance_id else f"{waits.instance_id} ({status})"
     if not waits.reasons:
         if not waits.records_waits:
             return (
@@ -276,7 +281,7 @@ def explain(waits: InstanceWaits, status: str, now: int) -> str:
         return f"{who} is not held back: no shared 429 backoff, no parallelism cap reached, no rate-limiter wait, no lock, not draining."
     ordered = [waits.dominant, *(r for r in waits.reasons if r is not waits.dominant)]
     count = "one thing" if len(ordered) == 1 else f"{len(ordered)} things"
-    clauses = [r.text for r in ordered if r is not None]
+    clauses = [shorten(r.text) for r in ordered if r is not None]
     text = f"{who} is held back by {count}: " + "; ".join(clauses) + "."
     ends = [r.ends_in_ms for r in ordered if r is not None and r.ends_in_ms is not None]
     if ends and all(r.ends_in_ms is not None for r in ordered if r is not None):

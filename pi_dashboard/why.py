@@ -20,4 +20,5 @@ def why(snapshot: FleetSnapshot, query: str) -> tuple[int, str]:
     waits = snapshot.waits.get(view.instance_id)
     if waits is None:
         return 0, printable(f"{view.instance_id} ({view.status.value}) is not running, so nothing of it waits.")
-    return 0, printable(explain(waits, view.status.value, snapshot.taken_at_ms))
+    label = snapshot.label(view.instance_id)
+    return 0, printable(explain(waits, view.status.value, snapshot.taken_at_ms, label=label, shorten=snapshot.shorten))

@@ -48,6 +48,15 @@ def test_reductions_follow_the_formula(adjuster, error, expected):
     assert seen == expected
 
 
+def test_the_reason_says_what_an_error_did(adjuster):
+    """A 429 at the minimum lowers nothing, and the reason (shown by ``pi-dash why``) says so."""
+    adjuster.adjust_for_error(P, M, "429")
+    assert adjuster.get_config(P, M).adjustment_reason == "429 error: 4 -> 2"
+    adjuster.adjust_for_error(P, M, "429", seen_by="sess-b")
+    adjuster.adjust_for_error(P, M, "429", seen_by="sess-b")
+    assert adjuster.get_config(P, M).adjustment_reason == "429 error (reported by sess-b): held at 1, its minimum"
+
+
 def test_recovery_waits_for_a_quiet_window_then_grows_by_ten_percent(adjuster, clock):
     big = DynamicParallelismAdjuster(AdjusterConfig(base_parallelism=10, max_parallelism=16), clock=clock)
     big.adjust_for_error(P, M, "429")  # 10 -> 7

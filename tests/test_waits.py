@@ -215,8 +215,13 @@ def test_the_snapshot_names_the_shared_backoff_and_who_reported_it(root, fleet, 
 
     assert main(["why", waiter.instance_id[:-3], "--root", str(root)]) == 0
     out = capsys.readouterr().out
-    assert out.startswith(f"{waiter.instance_id} (alive) is held back by one thing: the shared 429 backoff of openai:gpt-4o")
-    assert f"Retry-After 30 s, reported by {reporter.instance_id}" in out
+    # The instance by its label, then its full id once; the reporter by its label.
+    waiter_label, reporter_label = snapshot.label(waiter.instance_id), snapshot.label(reporter.instance_id)
+    assert waiter_label != waiter.instance_id and reporter_label != reporter.instance_id
+    assert out.startswith(
+        f"{waiter_label} ({waiter.instance_id}, alive) is held back by one thing: the shared 429 backoff of openai:gpt-4o"
+    )
+    assert f"Retry-After 30 s, reported by {reporter_label})" in out
 
 
 def test_parallelism_at_its_cap_is_shown_while_a_request_runs(root, fleet):
@@ -265,7 +270,8 @@ def test_why_for_a_lock_a_pi_instance_and_unknown_names(root, fleet, capsys):
     assert LockService(thief.store, thief.instance_id).try_acquire(steal_resource(owner.instance_id), ttl_ms=30_000)
     assert main(["why", owner.instance_id, "--root", str(root)]) == 0
     out = capsys.readouterr().out
-    assert f"the lock steal:{owner.instance_id} held by {thief.instance_id}" in out
+    label = SnapshotBuilder(Coordinator(root=root).store).build().label
+    assert f"the lock steal:{owner.instance_id} held by {label(thief.instance_id)} " in out  # the lock by its name
     assert main(["why", "nobody", "--root", str(root)]) == 1
     assert "No instance is called nobody" in capsys.readouterr().err
     assert main(["why", "sess-", "--root", str(root)]) == 1
