@@ -15,18 +15,19 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, NoReturn
 
-from core.alerts import AlertRules, load_rules
 from core.clock import ManualClock
 from core.snapshot import FleetSnapshot, SnapshotBuilder
 from core.store import DirectoryStore, Store, StoreError, default_root
 from core.store.choice import redis_url
 
 from . import __version__
-from .status_report import render, render_limits
-from .text import UserText, printable, valid_unicode
 
+# Imported where used: ``status --json`` of a large fleet pays for every module it
+# loads, and needs neither the text reports (rich), nor the alert rules' models.
 if TYPE_CHECKING:
     from textual.pilot import Pilot
+
+    from core.alerts import AlertRules
 
     from .alerting import AlertSinks
 
@@ -145,9 +146,11 @@ def _alert_options(parser: argparse.ArgumentParser, default: object = None) -> N
 
 def _alerting(args: argparse.Namespace) -> tuple[AlertRules, AlertSinks]:
     """The rules of config.json and their sinks (``--on-alert`` / ``--alert-log`` over the config's)."""
+    from core.alerts import load_rules
     from core.provider_config import config_path
 
     from .alerting import AlertSinks
+    from .text import printable
 
     rules, problems = load_rules(getattr(args, "config", None) or config_path())
     for problem in problems:
@@ -159,6 +162,7 @@ def _alerting(args: argparse.Namespace) -> tuple[AlertRules, AlertSinks]:
 
 def cmd_watch(args: argparse.Namespace) -> int:
     from .alerting import watch
+    from .text import printable
 
     try:
         store = _store(args)
@@ -221,6 +225,8 @@ def _snapshot(args: argparse.Namespace) -> FleetSnapshot:
 
 def _valid(value: JSON) -> JSON:
     """``value`` with every string (keys too) encodable as UTF-8 (file names may not be)."""
+    from .text import valid_unicode
+
     if isinstance(value, str):
         return valid_unicode(value)
     if isinstance(value, dict):
@@ -259,6 +265,8 @@ def cmd_limits(args: argparse.Namespace) -> int:
     from core.limits_view import provider_limits
     from core.provider_config import config_path, load_settings
 
+    from .status_report import render_limits
+
     snapshot = _snapshot(args)
     settings = load_settings(args.config or config_path())
     rows = provider_limits(settings, snapshot, args.provider)
@@ -283,6 +291,8 @@ def cmd_status(args: argparse.Namespace) -> int:
             binary.write(b"\n")
             binary.flush()
     else:
+        from .status_report import render
+
         _print(render(snapshot, width=shutil.get_terminal_size((100, 24)).columns))
     return 0
 
@@ -433,6 +443,8 @@ def cmd_snapshot(args: argparse.Namespace) -> int:
         for path in written:
             path.unlink(missing_ok=True)
         raise Failed(f"no snapshot written: the dashboard stopped with status {app.return_code}")
+    from .text import UserText
+
     _print(f"wrote {UserText(str(output))}")
     return 0
 
@@ -454,6 +466,8 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _fail(message: str) -> None:
+    from .text import UserText
+
     print(f"pi-dash: {UserText(message)}", file=sys.stderr)
 
 

@@ -177,3 +177,43 @@ def test_write_json_escapes_text_that_is_no_unicode(root):
     store.write(INSTANCES, "bad-\udc80", _instance("bad", now).to_json())
     snapshot = SnapshotBuilder(store, clock=ManualClock(now)).build()
     assert [i["key"] for i in json.loads(_written_json(snapshot))["instances"]] == ["bad-\udc80"]
+
+
+DASHBOARD_NOW = 1_771_373_735_675  # the dashboard fixture's instant (tests/dashboard/conftest.py)
+STATUS_GOLDEN = "dashboard_fleet.status.json"
+
+
+def _golden_fleet(tmp_path):
+    """The dashboard fixture plus an instance file no writer of ours would make: compact,
+    keys in another order, explicit nulls (a known key's and unknown keys', a model's
+    too), an offset time with microseconds, an integral float and an odd ``honoursClaims``."""
+    import shutil
+    from pathlib import Path
+
+    root = tmp_path / "runtime"
+    shutil.copytree(Path(__file__).parent / "fixtures" / "dashboard_fleet", root)
+    odd = (
+        b'{"pid":4242,"instanceId":"sess-0dd0dd00-pid4242-mlr80000-nul1","sessionId":"s",'
+        b'"lastHeartbeat":"2026-02-18T02:15:30.123456+02:00","startedAt":"2026-02-18T00:00:00Z",'
+        b'"cwd":"/w","pendingTaskCount":null,"avgLatencyMs":1200.0,"honoursClaims":"yes",'
+        b'"futureKey":null,"activeModels":[{"since":"2026-02-18T00:15:00.000Z","provider":"openai",'
+        b'"model":"gpt-5","note":null}],"nested":{"a":null}}'
+    )
+    (root / "instances" / "sess-0dd0dd00-pid4242-mlr80000-nul1.lock").write_bytes(odd)
+    moment = (DASHBOARD_NOW - 1_000) * 1_000_000
+    for path in root.rglob("*"):
+        os.utime(path, ns=(moment, moment))  # git keeps no mtimes: the ages must not depend on the checkout
+    return root
+
+
+def test_status_json_of_the_dashboard_fixture_is_pinned(tmp_path):
+    """``status --json`` of a fixed fleet, byte for byte: the output path may be made
+    faster, never different (a change of the document renews the file on purpose)."""
+    import json
+    from pathlib import Path
+
+    root = _golden_fleet(tmp_path)
+    snapshot = SnapshotBuilder(DirectoryStore(root), clock=ManualClock(DASHBOARD_NOW), check_pids=False).build()
+    golden = (Path(__file__).parent / "fixtures" / STATUS_GOLDEN).read_bytes().replace(b"ROOT", str(root).encode())
+    assert _written_json(snapshot) == golden
+    assert json.dumps(snapshot.to_dict(), indent=2, ensure_ascii=False).encode() == golden
