@@ -332,7 +332,8 @@ class FleetSnapshot:
         instances several times faster than ``json.dumps`` (whose indenting
         encoder is pure Python), and the fleet never exists as dicts or as one
         11 MB string.  Raw line breaks only ever separate values (inside
-        strings they are escaped), which is what makes re-indenting a slice safe.
+        strings they are escaped), which is what makes re-indenting a slice safe,
+        and what lets :func:`_instances_json` put each instance's record in place.
         """
         out.write(b"{")
         for n, (key, value) in enumerate(self._document(_record_as_is).items()):
@@ -341,10 +342,11 @@ class FleetSnapshot:
             if not (isinstance(value, list) and value):
                 out.write(_json(value).replace(b"\n", b"\n  "))
                 continue
+            write_slice = _instances_json if key == "instances" else _json
             out.write(b"[")
             for start in range(0, len(value), _JSON_SLICE):
                 # "[\n  a,\n  b\n]" -> "\n    a,\n    b", one level deeper
-                items = _json(value[start : start + _JSON_SLICE])[1:-2].replace(b"\n", b"\n  ")
+                items = write_slice(value[start : start + _JSON_SLICE])[1:-2].replace(b"\n", b"\n  ")
                 out.write(b"," + items if start else items)
             out.write(b"\n  ]")
         out.write(b"\n}")
@@ -511,6 +513,28 @@ def _json(value: Any) -> bytes:
         # Text that is no Unicode (a file name's undecodable bytes): escaped, as
         # json.dumps escapes it, in a slice that stays valid UTF-8 JSON.
         return json.dumps(value, indent=2, default=_record_as_dict).encode()
+
+
+_INFO = b'\n    "info": '  # an instance entry's key, as _json writes a list of them
+
+
+def _instances_json(entries: list[dict[str, Any]]) -> bytes:
+    """``_json(entries)``, each ``info`` record written by its own :meth:`Record.to_json`
+    (which spares most records pydantic's call back into Python): the entries are
+    written with ``info`` null, and each ``"info": null`` at an entry's depth (four
+    spaces, where no nested key can be) takes its record's text, indented to match."""
+    records = [entry["info"] for entry in entries]
+    try:
+        texts = [b"null" if r is None else r.to_json().replace(b"\n", b"\n    ") for r in records]
+        for entry in entries:
+            entry["info"] = None
+        parts = _json(entries).split(_INFO + b"null")
+    except pydantic_core.PydanticSerializationError:
+        for entry, record in zip(entries, records):
+            entry["info"] = record
+        return _json(entries)  # text that is no Unicode: json.dumps escapes the whole slice, as before
+    assert len(parts) == len(entries) + 1
+    return parts[0] + b"".join(_INFO + text + part for text, part in zip(texts, parts[1:]))
 
 
 def _record_as_dict(record: Record) -> dict[str, Any]:

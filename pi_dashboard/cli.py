@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import gc
 import io
 import json
 import os
@@ -280,6 +281,10 @@ def cmd_limits(args: argparse.Namespace) -> int:
 def cmd_status(args: argparse.Namespace) -> int:
     snapshot = _snapshot(args)
     if getattr(args, "json", False):
+        # The snapshot lives until the process ends: frozen, the collector no longer
+        # walks its objects (two million for 10,000 instances, 0.2 s a walk) when the
+        # writer's short-lived dicts set off a full collection.
+        gc.freeze()
         binary = getattr(sys.stdout, "buffer", None)
         if binary is None:  # a text stream (stdout redirected inside a program): give it text
             document = io.BytesIO()
