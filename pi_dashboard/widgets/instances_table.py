@@ -3,6 +3,8 @@ the last minute, latency, models, cwd, whether it claims stolen work, pid."""
 
 from __future__ import annotations
 
+from rich.style import Style
+
 from core.snapshot import FleetSnapshot, InstanceView, Status
 
 from ..queue_history import QueueHistory
@@ -36,7 +38,7 @@ class InstancesTable(KeyedTable):
         self.filter_text = ""
         self.history = QueueHistory(SPARK_WINDOW_MS, SPARK_STEP_MS)
 
-    def _row(self, view: InstanceView, unanswered: set[str], wait: str, spark: str) -> Row:
+    def _row(self, view: InstanceView, unanswered: set[str], wait: str, spark: str, styles: dict[Status, Style]) -> Row:
         info = view.info
         status = view.status.value + (" (no ack)" if view.instance_id in unanswered else "")
         models = UserText(", ".join(m.model for m in info.active_models) if info else "")
@@ -44,7 +46,7 @@ class InstancesTable(KeyedTable):
         age = view.heartbeat_age_ms
         return (
             Cell(UserText(view.label), (view.label, view.instance_id)),
-            Cell(status, STATUS_ORDER[view.status], style=status_style(self.app, view.status)),
+            Cell(status, STATUS_ORDER[view.status], style=styles[view.status]),
             Cell(duration(age, whole_seconds=True), (age // 1000) if age is not None else -1),
             Cell(str(view.pending) if info else "", view.pending),
             Cell(str(view.parallel_limit) if view.parallel_limit is not None else "", view.parallel_limit if view.parallel_limit is not None else -1),
@@ -62,6 +64,7 @@ class InstancesTable(KeyedTable):
         scale = self.history.deepest()
         unanswered = {c.instance_id for c in snapshot.controls if c.state == "not-acknowledged"}
         needle = self.filter_text.lower()
+        styles = {status: status_style(self.app, status) for status in Status}  # the theme's, once a snapshot
         rows = {}
         for view in snapshot.instances:
             age_s = view.heartbeat_age_ms // 1000 if view.heartbeat_age_ms is not None else None
@@ -69,7 +72,7 @@ class InstancesTable(KeyedTable):
             wait = waits.cell if waits is not None else ""
             spark = self.history.sparkline(view.instance_id, scale) if view.counted else ""
             source = (view.info, view.status, age_s, view.parallel_limit, view.problem, view.instance_id in unanswered, wait, view.label, spark)
-            row = self.row_for(view.key, source, lambda: self._row(view, unanswered, wait, spark))
+            row = self.row_for(view.key, source, lambda: self._row(view, unanswered, wait, spark, styles))
             if needle and not any(needle in cell.plain.lower() for cell in row) and needle not in view.instance_id.lower():
                 continue
             rows[view.key] = row

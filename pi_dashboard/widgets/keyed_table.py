@@ -25,6 +25,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, ClassVar, NamedTuple
 
+from rich.cells import cell_len
 from rich.segment import Segment
 from rich.style import Style
 from rich.text import Text
@@ -39,7 +40,6 @@ from ..actions import bindings
 from ..messages import RecordUnshown
 from ..text import UserText, clip_middle_text, escaped
 
-Row = tuple[Text, ...]
 PADDING = 1  # blank cells either side of every cell
 PAD = Segment(" " * PADDING)
 
@@ -93,27 +93,48 @@ def fit_columns(columns: Sequence[Column], natural: Sequence[int], available: in
     return Fit(fitted, sum(w + 2 * PADDING for _, w in fitted))
 
 
-class Cell(Text):
-    """A cell's text plus the value it sorts by (ages, counts: not their spelling).
+class Cell:
+    """A cell's shown text, the value it sorts by (ages, counts: not their spelling) and its style.
 
-    Text from the fleet comes as :class:`UserText` (shown escaped, sorted by
-    what is shown); a ``str`` is the dashboard's own (figures, labels) and is
-    escaped all the same, so a cell can never carry a control character.
+    Plain values, not rich ``Text``: a table of 10,000 rows sorts and measures
+    every cell but renders only the rows on screen, so building a ``Text`` per
+    cell was most of a big fleet's first frame.  Text from the fleet comes as
+    :class:`UserText` (shown escaped, sorted by what is shown); a ``str`` is the
+    dashboard's own (figures, labels) and is escaped all the same, so a cell can
+    never carry a control character.
     """
 
-    def __init__(self, text: str | UserText = "", sort_value: Any = None, **kwargs: Any) -> None:
-        shown = text.shown if isinstance(text, UserText) else escaped(text)
-        super().__init__(shown, **kwargs)
-        self.sort_value = shown if sort_value is None else sort_value
+    __slots__ = ("plain", "sort_value", "style", "_cell_len")
+
+    def __init__(self, text: str | UserText = "", sort_value: Any = None, style: Style | None = None) -> None:
+        self.plain = text.shown if isinstance(text, UserText) else text if text.isprintable() else escaped(text)
+        self.sort_value = self.plain if sort_value is None else sort_value
+        self.style = style
+        self._cell_len = -1
+
+    @property
+    def cell_len(self) -> int:
+        """Terminal cells wide (escaped ASCII: one a character, the common case, measured at once)."""
+        if self._cell_len < 0:
+            self._cell_len = len(self.plain) if self.plain.isascii() else cell_len(self.plain)
+        return self._cell_len
+
+    def __str__(self) -> str:
+        return self.plain
+
+    def __repr__(self) -> str:
+        return f"Cell({self.plain!r}, {self.sort_value!r}, {self.style!r})"
 
     def __eq__(self, other: object) -> bool:
-        # Text compares characters and spans only: a new colour or sort value is a change too.
+        # A new colour or sort value is a change too.
         if not isinstance(other, Cell):
             return NotImplemented
-        return (self.plain, self._spans, self.style, self.sort_value) == (other.plain, other._spans, other.style, other.sort_value)
+        return self.plain == other.plain and self.sort_value == other.sort_value and self.style == other.style
 
     __hash__ = None  # type: ignore[assignment]
 
+
+Row = tuple[Cell, ...]
 
 def by_value(cell: Any) -> tuple[int, Any]:
     """The sort key of a cell: its sort value, numbers before tuples before text, so a
@@ -214,6 +235,8 @@ class KeyedTable(ScrollView, can_focus=True):
                 continue
             changed.append(key)
             self._lines.pop(key, None)
+            if reshaped:
+                continue  # reordered and measured anew below
             if not old or old[self._sort_column] != cells[self._sort_column]:
                 reorder = True
             for column, cell in enumerate(cells):
@@ -255,7 +278,7 @@ class KeyedTable(ScrollView, can_focus=True):
         """The row of a record whose cells raised: its key and why, and a problem for the app."""
         reason = UserText(f"cannot show this record: {type(exc).__name__}: {exc}")
         self.post_message(RecordUnshown(UserText(f"{self.id or type(self).__name__}/{key}"), reason))
-        cells = [Cell(UserText(key)), Cell(reason, style="bold")]
+        cells = [Cell(UserText(key)), Cell(reason, style=Style(bold=True))]
         cells += [Cell("") for _ in self.columns[2:]]
         return tuple(cells[: len(self.columns)])
 
@@ -516,23 +539,23 @@ class KeyedTable(ScrollView, can_focus=True):
 
     def _header_line(self) -> Strip:
         if self._header is None:
-            self._header = self._render_cells([Text(label) for label in self._header_labels()])
+            self._header = self._render_cells([Cell(label) for label in self._header_labels()])
         return self._header
 
-    def _render_cells(self, cells: Sequence[Text]) -> Strip:
+    def _render_cells(self, cells: Sequence[Cell]) -> Strip:
         console = self.app.console
         segments: list[Segment] = []
         columns = self.columns
         for index, width in self._fit.shown:
-            column, cell = columns[index], cells[index]
-            if cell.cell_len > width:
-                cell = clip_middle_text(cell, width)
-            gap = width - cell.cell_len
-            right = (cell.justify or column.justify) == "right"
-            segments.append(Segment(" " * (PADDING + gap)) if right else PAD)
-            if cell.spans or not isinstance(cell.style, Style):
-                segments.extend(cell.render(console))
+            cell = cells[index]
+            if cell.cell_len > width:  # cut in the middle: rich Text only for these
+                clipped = clip_middle_text(Text(cell.plain, style=cell.style or ""), width)
+                used, shown = clipped.cell_len, list(clipped.render(console))
             else:
-                segments.append(Segment(cell.plain, cell.style))  # the usual cell: one style, no spans
+                used, shown = cell.cell_len, [Segment(cell.plain, cell.style)]
+            gap = width - used
+            right = columns[index].justify == "right"
+            segments.append(Segment(" " * (PADDING + gap)) if right else PAD)
+            segments.extend(shown)
             segments.append(PAD if right else Segment(" " * (gap + PADDING)))
         return Strip(segments, self._line_width)

@@ -48,7 +48,7 @@ class LocksTable(KeyedTable):
         return (
             Cell(UserText(resource), lock.resource),
             Cell(UserText(holder), (holder, lock.holder)),
-            Cell(ttl, view.ttl_left_ms, style=role_style(self.app, "warning") if view.expired else ""),
+            Cell(ttl, view.ttl_left_ms, style=role_style(self.app, "warning") if view.expired else None),
             Cell(duration(view.age_ms), view.age_ms),
         )
 

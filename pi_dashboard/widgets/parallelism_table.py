@@ -43,7 +43,7 @@ class ParallelismTable(KeyedTable):
             Cell(
                 f"{state.current_parallelism}/{state.base_parallelism}{REDUCED if reduced else ''}",
                 (state.current_parallelism / max(1, state.base_parallelism), state.current_parallelism),  # most cut first
-                style=role_style(self.app, "warning") if reduced else "",
+                style=role_style(self.app, "warning") if reduced else None,
             ),
             Cell(f"×{state.cross_instance_multiplier:.2g}", state.cross_instance_multiplier),
             Cell(str(state.effective_parallelism), state.effective_parallelism),
