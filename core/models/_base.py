@@ -136,6 +136,7 @@ Pid = Annotated[int, Field(ge=0, le=2**31 - 1)]
 
 _FIELD_SETS: dict[frozenset[str], set[str]] = {}
 _FIELD_SETS_KEPT = 1024
+_NO_EXTRA: dict[str, Any] = {}  # every record without unknown keys shares it (pydantic copies before changing)
 
 
 class Record(BaseModel):
@@ -189,14 +190,18 @@ class Record(BaseModel):
 
     @model_validator(mode="after")
     def _share_fields_set(self) -> Self:
-        """Records made from the same keys share one set of the names given.
+        """Records made from the same keys share one set of the names given,
+        and those without unknown keys one empty dict of them.
 
-        pydantic gives every model its own set (700 bytes for an instance);
-        nothing here reads it, and pydantic copies it before changing it
-        (``model_copy``), so one shared set per combination of keys holds a
-        10,000-instance fleet in 30 MB less.  Hostile files with ever new keys
-        stop the sharing at ``_FIELD_SETS_KEPT`` combinations.
+        pydantic gives every model its own set (700 bytes for an instance) and
+        its own dict of extras (64 bytes, 50,000 records in a fleet of 10,000
+        instances); nothing here changes either, and pydantic copies both before
+        changing them (``model_copy``), so sharing them holds a 10,000-instance
+        fleet in 33 MB less.  Hostile files with ever new keys stop the sharing
+        of sets at ``_FIELD_SETS_KEPT`` combinations.
         """
+        if not self.__pydantic_extra__:
+            object.__setattr__(self, "__pydantic_extra__", _NO_EXTRA)
         fields = self.__pydantic_fields_set__
         key = frozenset(fields)
         shared = _FIELD_SETS.get(key)
