@@ -1204,3 +1204,43 @@ def test_records_read_alike_share_their_field_names_and_copies_do_not_leak_into_
     copy = first.model_copy(update={"pending_task_count": 3})
     assert copy.pending_task_count == 3 and "pending_task_count" in copy.model_fields_set
     assert "pending_task_count" not in second.model_fields_set and second.pending_task_count is None
+
+
+def _instance_file(**changes: Any) -> bytes:
+    doc: dict[str, Any] = {
+        "instanceId": "sess-1-pid1-x-y",
+        "pid": 1,
+        "sessionId": "s",
+        "startedAt": "2026-02-18T00:00:00.123Z",
+        "lastHeartbeat": "2026-02-18T00:15:35.675Z",
+        "cwd": "/w",
+        "activeModels": [{"provider": "openai", "model": "gpt-5", "since": "2026-02-18T00:10:00.001Z"}],
+        "pendingTaskCount": 2,
+        "avgLatencyMs": 1234.5,
+    }
+    doc.update(changes)
+    return json.dumps(doc).encode()
+
+
+@pytest.mark.parametrize(
+    ("changes", "native"),
+    [
+        ({}, True),  # written by pydantic-core alone
+        ({"lastHeartbeat": "2026-02-18T00:15:35Z"}, False),  # a whole second: .000Z
+        ({"lastHeartbeat": "2026-02-18T00:15:35.675123Z"}, False),  # microseconds: cut to milliseconds
+        ({"lastHeartbeat": "2026-02-18T02:15:35.675+02:00"}, False),  # another offset: written in UTC
+        ({"lastHeartbeat": "2026-02-18T00:15:35.675"}, True),  # no offset: UTC
+        ({"avgLatencyMs": 1200.0}, False),  # an integral float: 1200
+        ({"pendingTaskCount": None}, True),  # a null where the key is left out
+        ({"futureKey": None}, False),  # an unknown key's null, kept
+        ({"cwd": "/w/2026-02-18T00:15:35.675000Z", "x000Z": "1000Z"}, True),  # text that ends as a time does
+        ({"activeModels": [{"provider": "openai", "model": "gpt-5", "since": "2026-02-18T00:10:00Z"}]}, False),
+        ({"activeModels": [{"provider": "openai", "model": "gpt-5", "since": "2026-02-18T00:10:00.1Z", "n": None}]}, False),
+    ],
+)
+def test_to_json_writes_what_the_serialisers_write(changes: dict[str, Any], native: bool) -> None:
+    """Records that pydantic-core writes alone and those that need the Python
+    serialisers: ``to_json`` gives the bytes of ``model_dump_json`` either way."""
+    info = InstanceInfo.from_json(_instance_file(**changes))
+    assert info.to_json() == info.model_dump_json(by_alias=True, indent=2).encode()
+    assert (info._native_times() is not None) == native

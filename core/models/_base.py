@@ -9,11 +9,12 @@ so that a read -> write round trip loses nothing.
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta, timezone, tzinfo
 from decimal import Decimal
 from collections.abc import Mapping
 from functools import cached_property
-from typing import Annotated, Any, ClassVar, Self, get_args
+from types import UnionType
+from typing import Annotated, Any, ClassVar, Self, Union, get_args, get_origin
 
 from pydantic import (
     AfterValidator,
@@ -166,6 +167,9 @@ class Record(BaseModel):
     _omit_if_none: ClassVar[tuple[str, ...]] = ()
     _null_kept: ClassVar[tuple[str, ...]] = ()  # fields written as null when None
     _holding_records: ClassVar[tuple[str, ...]] = ()  # fields that may hold records
+    _times: ClassVar[tuple[str, ...]] = ()  # JsTime fields
+    _numbers: ClassVar[tuple[str, ...]] = ()  # fields printed by _js_number
+    _native_ok: ClassVar[bool] = False  # every serialiser of a field is on the field itself
     _native: ClassVar[SchemaSerializer | None] = None
 
     @classmethod
@@ -175,6 +179,10 @@ class Record(BaseModel):
         cls._omit_if_none = tuple(cls.model_fields[name].alias or name for name in omitted)
         cls._null_kept = tuple(name for name in cls.model_fields if name not in omitted)
         cls._holding_records = tuple(name for name, field in cls.model_fields.items() if _mentions_record(field.annotation))
+        serializers = {name: _field_serializers(field) for name, field in cls.model_fields.items()}
+        cls._times = tuple(name for name, (own, _) in serializers.items() if own == {to_js_iso})
+        cls._numbers = tuple(name for name, (own, _) in serializers.items() if own == {_js_number})
+        cls._native_ok = all(not deep and own <= {to_js_iso, _js_number} and len(own) <= 1 for own, deep in serializers.values())
         cls._native = None
         cls._cached = tuple(
             name for klass in cls.__mro__ for name, value in vars(klass).items() if isinstance(value, cached_property)
@@ -239,36 +247,100 @@ class Record(BaseModel):
     def to_json(self) -> bytes:
         """Serialise exactly as ``JSON.stringify(record, null, 2)`` would.
 
-        Where pydantic-core's ``exclude_none`` drops exactly the keys
-        :meth:`_drop_undefined` drops (no None but in fields left out when None,
-        here and in the records held), a serialiser without that Python callback
-        writes the same bytes: ``pi-dash status --json`` writes 10,000 instances.
+        Most records need none of the Python callbacks that make it so, and
+        ``pi-dash status --json`` writes 10,000 instances: where
+        :meth:`_native_times` vouches for it, pydantic-core alone writes them,
+        ``exclude_none`` dropping what :meth:`_drop_undefined` drops, each
+        number as :func:`_js_number` prints it, and each time as
+        ``...T00:15:35.675000Z``, which loses its three zeros (its count of
+        ``000Z"`` is checked: no other text ends so).
         """
-        if self._nones_all_undefined():
-            return type(self)._native_serializer().to_json(self, indent=2, by_alias=True, exclude_none=True)
+        times = self._native_times()
+        if times is not None:
+            text = type(self)._native_serializer().to_json(self, indent=2, by_alias=True, exclude_none=True)
+            if text.count(b'000Z"') == times:
+                return text.replace(b'000Z"', b'Z"')
         return self.model_dump_json(by_alias=True, indent=2).encode("utf-8")
 
-    def _nones_all_undefined(self) -> bool:
-        """No unknown key and no field written as null holds None, here or in a record held."""
+    def _native_times(self) -> int | None:
+        """How many times this record and those it holds write, if pydantic-core writes
+        them as :meth:`to_json` must bar the zeros; None if it would not: a None that is
+        written as null (a field's or an unknown key's), an integral float, a time
+        outside UTC or on a whole second."""
+        if not self._native_ok:
+            return None
         extra = self.__pydantic_extra__
         if extra and any(value is None for value in extra.values()):
-            return False
+            return None
         values = self.__dict__
-        if any(values[name] is None for name in self._null_kept):
-            return False
+        for name in self._null_kept:
+            if values[name] is None:
+                return None
+        for name in self._numbers:
+            number = values[name]
+            if type(number) is float and number.is_integer():
+                return None
+        times = 0
+        for name in self._times:
+            moment = values[name]
+            if moment is not None:
+                if moment.microsecond % 1000 or not moment.microsecond or not _in_utc(moment):
+                    return None
+                times += 1
         for name in self._holding_records:
             held = values[name]
             for item in held.values() if isinstance(held, Mapping) else held if isinstance(held, tuple | list) else (held,):
-                if isinstance(item, Record) and not item._nones_all_undefined():
-                    return False
-        return True
+                if isinstance(item, Record):
+                    inner = item._native_times()
+                    if inner is None:
+                        return None
+                    times += inner
+        return times
 
     @classmethod
     def _native_serializer(cls) -> SchemaSerializer:
-        """This class's serialiser without :meth:`_drop_undefined` (in it or any record it holds)."""
+        """This class's serialiser without the Python callbacks (in it or any record it holds)."""
         if cls._native is None:
-            cls._native = SchemaSerializer(_without_drop_undefined(cls.__pydantic_core_schema__))
+            cls._native = SchemaSerializer(_without_callbacks(cls.__pydantic_core_schema__))
         return cls._native
+
+
+_UTC_ZONES: set[tzinfo] = {timezone.utc}  # and pydantic-core's own (one object for all it parses)
+_UTC_ZONES_KEPT = 8
+
+
+def _in_utc(moment: datetime) -> bool:
+    zone = moment.tzinfo
+    if zone in _UTC_ZONES:
+        return True
+    if moment.utcoffset() != timedelta(0):
+        return False
+    if len(_UTC_ZONES) < _UTC_ZONES_KEPT:
+        _UTC_ZONES.add(zone)
+    return True
+
+
+def _field_serializers(field: Any) -> tuple[set[Any], set[Any]]:
+    """The functions that print a field's value itself (``PlainSerializer``, on it or on
+    its type when optional), and those that print something inside it."""
+    own = {m.func for m in field.metadata if isinstance(m, PlainSerializer)}
+    members = get_args(field.annotation) if get_origin(field.annotation) in (Union, UnionType) else (field.annotation,)
+    deep: set[Any] = set()
+    for member in members:
+        if get_origin(member) is Annotated:
+            inner, *metadata = get_args(member)
+            own |= {m.func for m in metadata if isinstance(m, PlainSerializer)}
+            deep |= _nested_serializers(inner)
+        else:
+            deep |= _nested_serializers(member)
+    return own, deep
+
+
+def _nested_serializers(annotation: Any) -> set[Any]:
+    found: set[Any] = set()
+    for arg in get_args(annotation):
+        found |= {arg.func} if isinstance(arg, PlainSerializer) else _nested_serializers(arg)
+    return found
 
 
 def _mentions_record(annotation: Any) -> bool:
@@ -277,14 +349,15 @@ def _mentions_record(annotation: Any) -> bool:
     return any(_mentions_record(arg) for arg in get_args(annotation))
 
 
-def _without_drop_undefined(schema: Any) -> Any:
-    """A copy of a core schema whose records' ``model`` schemas lose their serialiser
-    (the only one a record has: :meth:`Record._drop_undefined`)."""
+def _without_callbacks(schema: Any) -> Any:
+    """A copy of a core schema without the serialisers of this module (records'
+    :meth:`Record._drop_undefined`, :func:`to_js_iso`, :func:`_js_number`)."""
     if isinstance(schema, list):
-        return [_without_drop_undefined(item) for item in schema]
+        return [_without_callbacks(item) for item in schema]
     if not isinstance(schema, dict):
         return schema
-    copy = {key: _without_drop_undefined(value) for key, value in schema.items()}
-    if copy.get("type") == "model" and issubclass(copy["cls"], Record):
-        copy.pop("serialization", None)
+    copy = {key: _without_callbacks(value) for key, value in schema.items()}
+    serialization = copy.get("serialization")
+    if isinstance(serialization, dict) and getattr(serialization.get("function"), "__module__", None) == __name__:
+        del copy["serialization"]
     return copy
