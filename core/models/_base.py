@@ -284,12 +284,13 @@ class Record(BaseModel):
         for name in self._times:
             moment = values[name]
             if moment is not None:
-                if moment.microsecond % 1000 or not moment.microsecond or not _in_utc(moment):
+                micro = moment.microsecond
+                if micro % 1000 or not micro or (moment.tzinfo not in _UTC_ZONES and not _in_utc(moment)):
                     return None
                 times += 1
         for name in self._holding_records:
             held = values[name]
-            for item in held.values() if isinstance(held, Mapping) else held if isinstance(held, tuple | list) else (held,):
+            for item in held.values() if isinstance(held, Mapping) else held if isinstance(held, (tuple, list)) else (held,):
                 if isinstance(item, Record):
                     inner = item._native_times()
                     if inner is None:
