@@ -41,7 +41,6 @@ from ..messages import RecordUnshown
 from ..text import UserText, clip_middle_text, escaped
 
 PADDING = 1  # blank cells either side of every cell
-PAD = Segment(" " * PADDING)
 
 
 class Column(NamedTuple):
@@ -185,7 +184,7 @@ class KeyedTable(ScrollView, can_focus=True):
         self._rows: dict[str, Row] = {}
         self._order: list[str] = []
         self._index: dict[str, int] = {}
-        self._lines: dict[str, Strip] = {}  # rendered rows, full width, without the row's background
+        self._lines: dict[str, tuple[tuple[Style, bool, int, int], Strip]] = {}  # key -> (how, its screen line)
         self._header: Strip | None = None
         self._styles: dict[str, Style] = {}  # component class ("" for the body) -> its style, until styles change
         self._built: dict[str, tuple[object, Row]] = {}  # key -> (what its row was built from, the row)
@@ -502,20 +501,23 @@ class KeyedTable(ScrollView, can_focus=True):
         if index >= len(self._order):
             return Strip.blank(width, self._style(""))
         key = self._order[index]
-        line = self._lines.get(key)
-        if line is None:
-            line = self._lines[key] = self._render_cells(self._rows[key])
         if index == self._cursor:
-            style = self._style("keyed-table--cursor")
-            if not self.has_focus:
-                return self._crop(line, left, width, style).apply_style(style)
             # Focused: over the cells' own colours, so the row being worked on reads plainly.
-            return Strip(Segment.apply_style(self._crop(line, left, width, style), post_style=style), width)
-        if index % 2:
-            style = self._style("keyed-table--even-row")
+            style, over = self._style("keyed-table--cursor"), self.has_focus
         else:
-            style = self._style("")
-        return self._crop(line, left, width, style).apply_style(style)
+            style, over = self._style("keyed-table--even-row" if index % 2 else ""), False
+        painted_for = (style, over, left, width)
+        cached = self._lines.get(key)
+        if cached is not None and cached[0] == painted_for:
+            return cached[1]
+        cells = self._rows[key]
+        if left <= 0 and self._line_width <= width:
+            line = self._render_cells(cells, style, over, width)  # the usual case: in one pass
+        else:
+            line = self._crop(self._render_cells(cells), left, width, style)
+            line = Strip(Segment.apply_style(line, post_style=style), width) if over else line.apply_style(style)
+        self._lines[key] = (painted_for, line)
+        return line
 
     def _crop(self, line: Strip, left: int, width: int, style: Style) -> Strip:
         """The part of ``line`` on screen, scrolled ``left`` cells: the first column stays put."""
@@ -542,20 +544,37 @@ class KeyedTable(ScrollView, can_focus=True):
             self._header = self._render_cells([Cell(label) for label in self._header_labels()])
         return self._header
 
-    def _render_cells(self, cells: Sequence[Cell]) -> Strip:
+    def _render_cells(self, cells: Sequence[Cell], style: Style | None = None, over: bool = False, width: int = 0) -> Strip:
+        """One line of ``cells``, each padded and cut to its column.
+
+        With a row ``style``: painted under the cells' own styles (``over``: over them) and
+        extended to ``width``, the way a strip is cropped and restyled, in one pass: a row
+        repainted each second (its heartbeat age) costs one strip, not three.
+        """
+        if style is None:
+            def paint(text: str, own: Style | None) -> Segment:
+                return Segment(text, own)
+        elif over:
+            def paint(text: str, own: Style | None) -> Segment:
+                return Segment(text, own + style if own else style)
+        else:
+            def paint(text: str, own: Style | None) -> Segment:
+                return Segment(text, style + own)
         console = self.app.console
         segments: list[Segment] = []
+        add = segments.append
         columns = self.columns
-        for index, width in self._fit.shown:
+        for index, column_width in self._fit.shown:
             cell = cells[index]
-            if cell.cell_len > width:  # cut in the middle: rich Text only for these
-                clipped = clip_middle_text(Text(cell.plain, style=cell.style or ""), width)
-                used, shown = clipped.cell_len, list(clipped.render(console))
-            else:
-                used, shown = cell.cell_len, [Segment(cell.plain, cell.style)]
-            gap = width - used
             right = columns[index].justify == "right"
-            segments.append(Segment(" " * (PADDING + gap)) if right else PAD)
+            if cell.cell_len > column_width:  # cut in the middle: rich Text only for these
+                clipped = clip_middle_text(Text(cell.plain, style=cell.style or ""), column_width)
+                gap, shown = column_width - clipped.cell_len, [paint(s.text, s.style) for s in clipped.render(console)]
+            else:
+                gap, shown = column_width - cell.cell_len, [paint(cell.plain, cell.style)]
+            add(paint(" " * (PADDING + gap) if right else " " * PADDING, None))
             segments.extend(shown)
-            segments.append(PAD if right else Segment(" " * (gap + PADDING)))
-        return Strip(segments, self._line_width)
+            add(paint(" " * PADDING if right else " " * (gap + PADDING), None))
+        if style is not None and width > self._line_width:
+            add(paint(" " * (width - self._line_width), style))
+        return Strip(segments, max(width, self._line_width))

@@ -3,6 +3,8 @@ its cells' plain values, and builds a screen line only when that line is shown."
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 from rich.text import Text
 from textual.app import App, ComposeResult
@@ -19,9 +21,9 @@ class BigTable(KeyedTable):
     COLUMNS = (Column("name", "Name"), Column("square", "Square", "right", descending=True), Column("parity", "Parity"))
     rendered = 0  # screen lines built (the header's included)
 
-    def _render_cells(self, cells: Row) -> Strip:
+    def _render_cells(self, cells: Row, *how: Any) -> Strip:
         type(self).rendered += 1
-        return super()._render_cells(cells)
+        return super()._render_cells(cells, *how)
 
 
 class TableApp(App[None]):
