@@ -133,13 +133,14 @@ def gone(liveness: Liveness, heartbeat_age_ms: int, file_age_ms: int, timeout_ms
 
 class LivenessCache:
     """Remembers answers for a short while: a snapshot of 1,000 instances
-    rebuilt every second must not ask the OS about 1,000 pids each time."""
+    rebuilt every second must not ask the OS about 1,000 pids each time.
+    A process that dies is seen dead at most ``ttl_ms`` after it died."""
 
     def __init__(self, ttl_ms: int = 2_000) -> None:
         self.ttl_ms = ttl_ms
         self._answers: dict[tuple[int, int, int | None, str | None], tuple[Liveness, int]] = {}
 
-    def check(
+    def answer(
         self,
         pid: int,
         *,
@@ -147,13 +148,15 @@ class LivenessCache:
         recorded_start_ms: int | None,
         hostname: str | None,
         now_ms: int,
-    ) -> Liveness:
+    ) -> tuple[Liveness, int]:
+        """The liveness of the process (:func:`check`), and the instant (epoch ms) from
+        which a later question is put to the OS again: until then, this answer stands."""
         key = (pid, registered_ms, recorded_start_ms, hostname)
         cached = self._answers.get(key)
-        if cached is not None and now_ms - cached[1] < self.ttl_ms:
-            return cached[0]
-        answer = check(pid, registered_ms=registered_ms, recorded_start_ms=recorded_start_ms, hostname=hostname)
+        if cached is not None and now_ms < cached[1]:
+            return cached
+        liveness = check(pid, registered_ms=registered_ms, recorded_start_ms=recorded_start_ms, hostname=hostname)
         if len(self._answers) > 10_000:
             self._answers.clear()
-        self._answers[key] = (answer, now_ms)
-        return answer
+        found = self._answers[key] = (liveness, now_ms + self.ttl_ms)
+        return found

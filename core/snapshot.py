@@ -13,8 +13,7 @@ import json
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from enum import Enum
-from typing import Any, BinaryIO, NamedTuple
+from typing import Any, BinaryIO, NamedTuple, TypeVar
 
 import pydantic_core
 
@@ -41,6 +40,7 @@ from .models import (
     StealClaim,
     StealingStats,
 )
+from .judgments import CLOCK_SKEW_TOLERANCE_MS, Judge, Judgment, Problem, Status, offline, where
 from .procs import Liveness, LivenessCache
 from .semantics import uses_model
 from .stealing import STEAL_PREFIX, claim_pair, steal_resource
@@ -62,32 +62,10 @@ from .store import (
 )
 from .waits import InstanceWaits, instance_waits
 
+T = TypeVar("T")
+
 EVENTS_KEPT = 200
 BACKOFF_WINDOW_MS = 300_000
-
-# A heartbeat this far in the future means the writer's clock is ahead of ours.
-CLOCK_SKEW_TOLERANCE_MS = 5_000
-
-
-class Status(str, Enum):
-    ALIVE = "alive"  # heartbeat within two intervals
-    STALE = "stale"  # heartbeat late, but pi still counts it (younger than the timeout)
-    DEAD = "dead"  # its process is gone, or (another host) heartbeat and file past the timeout
-    STALLED = "stalled"  # heartbeat past the timeout, yet its process runs (stopped?): never removed
-    CORRUPT = "corrupt"  # the file cannot be read as an instance
-    DRAINING = "draining"  # alive, finishing its work at an operator's request
-    OFFLINE = "offline"  # drained and left: its file is gone, its drain request remains
-
-
-@dataclass(frozen=True, slots=True)
-class Problem:
-    kind: str  # corrupt | unreadable | clock-skew | unknown-version | config | dead-pid
-    where: str  # "instances/x.lock", "coordinator.json", "environment"...
-    message: str
-
-    def __str__(self) -> str:
-        return f"{self.where}: {self.kind}: {self.message}"
-
 
 class InstanceModelLimit(NamedTuple):
     """The model limit an instance computes for a model it uses, by its own rule:
@@ -556,14 +534,10 @@ def _lock_clock_problem(key: str, lock: DistributedLock, offset_ms: int) -> Prob
     )
     return Problem(
         "clock-skew",
-        _where(LOCKS, key),
+        where(LOCKS, key),
         f"holder {lock.holder}'s clock was {abs(offset_ms) / 1000:.0f} s {direction} the file system's "
         f"when it wrote the lock; {consequence}",
     )
-
-
-def _where(space: Space, key: str) -> str:
-    return f"{space.name}/{key}{space.suffix}"
 
 
 def _entry_problems(space: Space, entries: Mapping[str, Loaded[Any]]) -> list[Problem]:
@@ -575,7 +549,7 @@ def _entry_problems(space: Space, entries: Mapping[str, Loaded[Any]]) -> list[Pr
             kind = "unreadable"
         else:
             kind = "corrupt"
-        problems.append(Problem(kind, _where(space, key), entry.problem))
+        problems.append(Problem(kind, where(space, key), entry.problem))
     return problems
 
 
@@ -588,6 +562,13 @@ class _AliveFigures(NamedTuple):
     steal_candidates: tuple[str, ...]
     steal_candidate: str | None
     ids: tuple[str, ...]
+
+
+class _QueueFigures(NamedTuple):
+    summary: semantics.WorkStealingSummary
+    steal_work: StealableQueueEntry | None
+    remote_capacity: bool
+    claimable_tasks: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -615,21 +596,24 @@ class SnapshotBuilder:
         config: Mapping[str, int] | None = None,
         env: Mapping[str, str] | None = None,
         check_pids: bool = True,
+        liveness: LivenessCache | None = None,
     ) -> None:
+        """``liveness``: the answers about pids to use (by default the builder's own);
+        builders sharing one see each pid alike at each instant."""
         self.store = store
         self.clock = clock
         self._config_overrides = config
         self._env = env
-        self.check_pids = check_pids
-        self._liveness = LivenessCache()
-        self._dead_pid_problems: dict[tuple[str, int], Problem] = {}
+        self._judge = Judge((liveness or LivenessCache()) if check_pids else None)
         self._strays: list[Problem] = []
         self._notice: str | None = None
         self._last_index: _Index | None = None
         self._quiet_waits: dict[str, InstanceWaits] = {}
-        self._alive_memo: tuple[tuple[int, int, int], _AliveFigures] | None = None
+        self._alive_memo: tuple[tuple[object, ...], _AliveFigures] | None = None
         self._labels_memo: tuple[list[Labelled], Labels] | None = None
+        self._queue_memo: tuple[tuple[int, int], _QueueFigures] | None = None
         self._orders: dict[Space, list[str]] = {}
+        self._derived: dict[Space, tuple[int, Any]] = {}
         self._caches: dict[Space, RecordCache[Any]] = {
             INSTANCES: RecordCache(store, INSTANCES, InstanceInfo),
             QUEUES: RecordCache(store, QUEUES, BroadcastQueueState),
@@ -646,17 +630,6 @@ class SnapshotBuilder:
         self._recent_events: deque[FleetEvent] = deque(maxlen=EVENTS_KEPT)
         self._unreadable_events = 0
         self._event_count = 0
-
-    def _dead_pid_problem(self, key: str, pid: int) -> Problem:
-        # The same words for the same dead instance on every build: made once.
-        problem = self._dead_pid_problems.get((key, pid))
-        if problem is None:
-            if len(self._dead_pid_problems) > 10_000:
-                self._dead_pid_problems.clear()
-            problem = self._dead_pid_problems[(key, pid)] = Problem(
-                "dead-pid", _where(INSTANCES, key), f"pid {pid} is not running; pi counts it until its heartbeat expires"
-            )
-        return problem
 
     def build(self, changed: Mapping[Space, Iterable[str]] | None = None) -> FleetSnapshot:
         """A snapshot as of now.
@@ -678,7 +651,7 @@ class SnapshotBuilder:
                 Problem("stray", f"{space.name}/{name}", "not a file pi or pi-dash writes here; ignored")
                 for space in self._caches
                 for name in self.store.strays(space)
-            ] + [Problem("unreadable", where, reason) for where, reason in self.store.event_log_problems()]
+            ] + [Problem("unreadable", path, reason) for path, reason in self.store.event_log_problems()]
         self._tail_events()
         config, config_problems = load_config(self.store, self._config_overrides, self._env)
         return self._compose(self.clock.now_ms(), config, config_problems)
@@ -711,28 +684,47 @@ class SnapshotBuilder:
         generations = tuple(cache.generation for cache in self._caches.values())
         if self._last_index is not None and self._last_index.generations == generations:
             return self._last_index
-        queues = [(key, e.record) for key, e in self._in_directory_order(QUEUES) if e.record is not None]
-        queue_by_id = {q.instance_id: q for _, q in queues}
-        claims_per_owner: dict[str, int] = {}
-        for key, loaded in self._caches[CLAIMS].entries.items():
-            owner = claim_pair(key, loaded.record)[0]
-            claims_per_owner[owner] = claims_per_owner.get(owner, 0) + 1
+        queues, queue_by_id = self._per_space(QUEUES, self._queues)
         problems = []
         for space, cache in self._caches.items():
             problems.extend(_entry_problems(space, cache.problems))
         self._last_index = _Index(
             generations=generations,
-            instances=self._in_directory_order(INSTANCES),
+            instances=self._per_space(INSTANCES, lambda: self._in_directory_order(INSTANCES)),
             queues=queues,
             queue_by_id=queue_by_id,
-            stats_by_id={s.instance_id: s for s in self._caches[STEALING_STATS].records()},
-            parallelism_by_id={p.instance_id: p for p in self._caches[PARALLELISM].records()},
-            claims_per_owner=claims_per_owner,
+            stats_by_id=self._per_space(
+                STEALING_STATS, lambda: {s.instance_id: s for s in self._caches[STEALING_STATS].records()}
+            ),
+            parallelism_by_id=self._per_space(
+                PARALLELISM, lambda: {p.instance_id: p for p in self._caches[PARALLELISM].records()}
+            ),
+            claims_per_owner=self._per_space(CLAIMS, self._claims_per_owner),
             claims=len(self._caches[CLAIMS].entries),
-            locks=list(self._caches[LOCKS].entries.items()),
+            locks=self._per_space(LOCKS, lambda: list(self._caches[LOCKS].entries.items())),
             entry_problems=problems,
         )
         return self._last_index
+
+    def _per_space(self, space: Space, make: Callable[[], T]) -> T:
+        """What ``make`` derives from ``space`` alone, made again only when that space
+        changed: a heartbeat changes the instances, not the queues' lookups."""
+        generation = self._caches[space].generation
+        found = self._derived.get(space)
+        if found is None or found[0] != generation:
+            found = self._derived[space] = (generation, make())
+        return found[1]
+
+    def _queues(self) -> tuple[list[tuple[str, BroadcastQueueState]], dict[str, BroadcastQueueState]]:
+        queues = [(key, e.record) for key, e in self._in_directory_order(QUEUES) if e.record is not None]
+        return queues, {q.instance_id: q for _, q in queues}
+
+    def _claims_per_owner(self) -> dict[str, int]:
+        claims_per_owner: dict[str, int] = {}
+        for key, loaded in self._caches[CLAIMS].entries.items():
+            owner = claim_pair(key, loaded.record)[0]
+            claims_per_owner[owner] = claims_per_owner.get(owner, 0) + 1
+        return claims_per_owner
 
     def _control_views(self, now: int, config: CoordinatorConfig, index: _Index) -> tuple[ControlView, ...]:
         present = self._caches[INSTANCES].entries
@@ -760,7 +752,7 @@ class SnapshotBuilder:
                 problems.append(
                     Problem(
                         "clock-skew",
-                        _where(BACKOFF, key),
+                        where(BACKOFF, key),
                         f"429 deadline set {skew // 1000} s past the longest Retry-After "
                         f"({MAX_RETRY_AFTER_MS // 1000} s): the writer's clock is ahead; honoured for "
                         f"{MAX_RETRY_AFTER_MS // 1000} s at most",
@@ -868,14 +860,14 @@ class SnapshotBuilder:
             limits[i.instance_id] = found
         return limits
 
-    def _alive_figures(self, alive: list[InstanceInfo], config: CoordinatorConfig, generation: int) -> _AliveFigures:
+    def _alive_figures(self, alive: list[InstanceInfo], keys: list[object], config: CoordinatorConfig) -> _AliveFigures:
         """What depends only on the alive set (in directory order): limits, models, candidates.
 
-        Within one generation of the instance files the alive set only
-        shrinks as time passes, so its size identifies it: recomputed only
-        when the files or that size change.
+        ``keys`` holds what these figures read of each alive record
+        (:func:`~core.judgments.figures_key`): recomputed only when one of those
+        changed, not when a heartbeat rewrote a file.
         """
-        memo_key = (generation, len(alive), config.total_max_llm)
+        memo_key = (config.total_max_llm, *keys)
         if self._alive_memo is not None and self._alive_memo[0] == memo_key:
             return self._alive_memo[1]
         plain = semantics.parallel_limit(config.total_max_llm, semantics.active_count(alive))
@@ -916,13 +908,31 @@ class SnapshotBuilder:
         self._alive_memo = (memo_key, result)
         return result
 
-    def _labels(self, judged: list[tuple[str, Loaded[InstanceInfo] | None, Status, int | None, bool, Liveness]]) -> Labels:
+    def _fresh_queue_figures(self, fresh: list[BroadcastQueueState]) -> _QueueFigures:
+        """pi's work-stealing figures over the fresh queue states (in directory order).
+
+        Within one generation of the queue files the fresh set only changes as
+        time passes, losing its oldest (or, the clock set back, regaining
+        them), so its size identifies it: recomputed only when the files or
+        that size change.
+        """
+        memo_key = (self._caches[QUEUES].generation, len(fresh))
+        if self._queue_memo is not None and self._queue_memo[0] == memo_key:
+            return self._queue_memo[1]
+        steal = semantics.pick_steal_entry(fresh)
+        result = _QueueFigures(
+            semantics.work_stealing_summary(fresh),
+            steal[1] if steal else None,
+            semantics.has_remote_capacity(fresh),
+            sum(len(s.claimable_entries or ()) for s in fresh),
+        )
+        self._queue_memo = (memo_key, result)
+        return result
+
+    def _labels(self, judged: list[Judgment]) -> Labels:
         """Every instance's label (:mod:`core.labels`), made again only when the set of
         instances (ids, names, pids) changed: a heartbeat rewrites a file, not the set."""
-        members = []
-        for key, entry, *_ in judged:
-            info = entry.record if entry is not None else None
-            members.append(Labelled(key) if info is None else Labelled(info.instance_id, info.instance_name, info.pid))
+        members = [j.labelled for j in judged]
         if self._labels_memo is not None and self._labels_memo[0] == members:
             return self._labels_memo[1]
         labels = Labels(instance_labels(members))
@@ -933,7 +943,7 @@ class SnapshotBuilder:
         """The unreadable files of pi's spaces that pi's cleanup would remove now
         (the readable ones are judged where the snapshot looks at them anyway)."""
         return [
-            _where(space, key)
+            where(space, key)
             for space in (INSTANCES, QUEUES, LOCKS)
             for key, entry in self._caches[space].problems.items()
             if entry.record is None
@@ -947,72 +957,34 @@ class SnapshotBuilder:
         problems.extend(self._strays)
         problems.extend(self._skewed_deadlines(now))
 
-        timeout = config.heartbeat_timeout_ms
-        stale_after = 2 * config.heartbeat_interval_ms
+        judged = self._judge.judge_all(index.instances, now, config)
         alive_records: list[InstanceInfo] = []
-        judged: list[tuple[str, Loaded[InstanceInfo] | None, Status, int | None, bool, Liveness]] = []
-        for key, entry in index.instances:
-            info = entry.record
-            if info is None:
-                judged.append((key, entry, Status.CORRUPT, None, False, Liveness.UNKNOWN))
-                continue
-            age = now - info.heartbeat_ms
-            counted = age < timeout
-            liveness = Liveness.UNKNOWN
-            if counted:
-                alive_records.append(info)
-            if self.check_pids:
-                liveness = self._liveness.check(
-                    info.pid,
-                    registered_ms=info.started_ms,
-                    recorded_start_ms=info.process_started_at,
-                    hostname=info.hostname,
-                    now_ms=now,
-                )
-            if age < -CLOCK_SKEW_TOLERANCE_MS:
-                problems.append(
-                    Problem("clock-skew", _where(INSTANCES, key), f"heartbeat is {-age // 1000} s in the future")
-                )
-            elif not counted and now - entry.modified_ms < timeout:
-                written = (now - entry.modified_ms) // 1000
-                problems.append(
-                    Problem(
-                        "clock-skew",
-                        _where(INSTANCES, key),
-                        f"file written {written} s ago but its heartbeat is {age // 1000} s old",
-                    )
-                )
-            if liveness is Liveness.DEAD:
-                status = Status.DEAD
-                problems.append(self._dead_pid_problem(key, info.pid))
-            elif not counted:
-                # Its process runs with the recorded start time: stopped, not gone (procs.gone).
-                status = Status.STALLED if liveness is Liveness.ALIVE else Status.DEAD
-            elif info.draining_since is not None:
-                status = Status.DRAINING
-            elif age >= stale_after:
-                status = Status.STALE
-            else:
-                status = Status.ALIVE
-            judged.append((key, entry, status, age, counted, liveness))
+        alive_keys: list[object] = []
+        for judgment in judged:
+            if judgment.problems:
+                problems.extend(judgment.problems)
+            if judgment.counted:
+                alive_records.append(judgment.entry.record)  # type: ignore[union-attr]  # counted: read
+                alive_keys.append(judgment.figures_key)
 
         control_views = self._control_views(now, config, index)
         for view in control_views:
             if view.state == "offline":
-                judged.append((view.instance_id, None, Status.OFFLINE, None, False, Liveness.UNKNOWN))
+                judged.append(offline(view.instance_id))
             elif view.state == "not-acknowledged":
                 problems.append(
                     Problem(
                         "not-acknowledged",
-                        _where(CONTROL, view.instance_id),
+                        where(CONTROL, view.instance_id),
                         f"{view.request.action} requested {(now - view.request.requested_at) // 1000} s ago; "
                         "the instance does not answer control requests (pi's own instances do not)",
                     )
                 )
 
-        alive_figures = self._alive_figures(alive_records, config, self._caches[INSTANCES].generation)
+        alive_figures = self._alive_figures(alive_records, alive_keys, config)
         labels = self._labels(judged)
         limits = alive_figures.limits
+        model_limits = alive_figures.model_limits
         problems.extend(alive_figures.problems)
         views = []
         counts = dict.fromkeys(Status, 0)
@@ -1020,13 +992,21 @@ class SnapshotBuilder:
         stats_by_id = index.stats_by_id
         parallelism_by_id = index.parallelism_by_id
         parallelism_views = []
+        unrecorded = 0  # counted instances whose stealing statistics no file shows
         doomed = self._unreadable_pi_deletes(now, config)  # what pi's cleanup would remove now
-        for key, entry, status, age, counted, liveness in judged:
+        for key, entry, status, counted, liveness, *_ in judged:
             info = entry.record if entry is not None else None
             counts[status] += 1
-            if info is not None and not counted and entry is not None:
-                doomed.append(_where(INSTANCES, key))
-            instance_id = info.instance_id if info else key
+            if info is None:
+                instance_id = key
+                age = None
+            else:
+                instance_id = info.instance_id
+                age = now - info.heartbeat_ms
+                if not counted:
+                    doomed.append(where(INSTANCES, key))
+            stats = stats_by_id.get(instance_id)
+            parallelism = parallelism_by_id.get(instance_id)
             views.append(
                 InstanceView(
                     key,
@@ -1037,20 +1017,23 @@ class SnapshotBuilder:
                     liveness,
                     limits.get(instance_id) if counted else None,
                     queue_by_id.get(instance_id),
-                    stats_by_id.get(instance_id),
+                    stats,
                     entry.problem if entry is not None else None,
-                    parallelism_by_id.get(instance_id),
+                    parallelism,
                     entry.raw if entry is not None else None,
-                    alive_figures.model_limits.get(instance_id, ()) if counted else (),
+                    model_limits.get(instance_id, ()) if counted else (),
                     labels[instance_id],
                 )
             )
-            adjuster = parallelism_by_id.get(instance_id) if counted else None
-            if adjuster is not None:
-                # In-flight counts of dead instances are not shown: their slots died with them.
-                parallelism_views.extend(
-                    ModelParallelismView(instance_id, state, now - adjuster.updated_at) for state in adjuster.models.values()
-                )
+            if counted:
+                if stats is None and not info.honours_claims:  # type: ignore[union-attr]  # counted: read
+                    unrecorded += 1
+                if parallelism is not None:
+                    # In-flight counts of dead instances are not shown: their slots died with them.
+                    parallelism_views.extend(
+                        ModelParallelismView(instance_id, state, now - parallelism.updated_at)
+                        for state in parallelism.models.values()
+                    )
 
         queue_views = []
         fresh_states = []
@@ -1060,7 +1043,7 @@ class SnapshotBuilder:
             if fresh:
                 fresh_states.append(state)
             elif semantics.is_expired_queue_age(age):
-                doomed.append(_where(QUEUES, key))
+                doomed.append(where(QUEUES, key))
             queue_views.append(
                 QueueView(
                     state.instance_id,
@@ -1079,7 +1062,7 @@ class SnapshotBuilder:
             else:
                 expired = lock.is_expired(now)
                 if expired:
-                    doomed.append(_where(LOCKS, key))
+                    doomed.append(where(LOCKS, key))
                 offset = lock.writer_offset_ms(entry.modified_ms)
                 if abs(offset) > CLOCK_SKEW_TOLERANCE_MS:
                     problems.append(_lock_clock_problem(key, lock, offset))
@@ -1094,10 +1077,9 @@ class SnapshotBuilder:
             avg_latency_ms=sum(latencies) / len(latencies) if latencies else 0.0,
             last_success_at=max((s.last_success_at for s in all_stats if s.last_success_at), default=None),
             claims=index.claims,
-            unrecorded_instances=sum(1 for v in views if v.counted and not v.stats_recorded),
+            unrecorded_instances=unrecorded,
         )
-        summary = semantics.work_stealing_summary(fresh_states)
-        steal = semantics.pick_steal_entry(fresh_states)
+        summary, steal, remote_capacity, claimable = self._fresh_queue_figures(fresh_states)
         figures = FleetFigures(
             active_count=semantics.active_count(alive_records),
             parallel_limit=alive_figures.plain_limit,
@@ -1107,11 +1089,11 @@ class SnapshotBuilder:
             busy_instances=summary.busy_instances,
             status_counts=counts,
             remote_instances=summary.remote_instances,
-            remote_capacity=semantics.has_remote_capacity(fresh_states),
-            steal_work=steal[1] if steal else None,
+            remote_capacity=remote_capacity,
+            steal_work=steal,
             steal_candidate=alive_figures.steal_candidate,
             steal_candidates=alive_figures.steal_candidates,
-            claimable_tasks=sum(len(s.claimable_entries or ()) for s in fresh_states),
+            claimable_tasks=claimable,
             active_instance_ids=alive_figures.ids,
             cleanup_would_delete=tuple(sorted(doomed)),
         )
