@@ -10,6 +10,7 @@ arithmetic the instances use (:mod:`core.semantics`).
 from __future__ import annotations
 
 import json
+import sys
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -564,6 +565,33 @@ class _AliveFigures(NamedTuple):
     ids: tuple[str, ...]
 
 
+_ViewParts = tuple[Judgment, list[Any], int | None, str, str | None, bool, InstanceParallelism | None]
+_AGE = InstanceView._fields.index("heartbeat_age_ms")
+_QUEUE = InstanceView._fields.index("queue")
+
+
+def _queue_parts(
+    key: str, state: BroadcastQueueState, now: int, claims: dict[str, int]
+) -> tuple[BroadcastQueueState, int, int, str, bool, str | None, int]:
+    """What a queue state's view holds over a span of ``now``: the state, the span
+    (from, until), its owner, whether it is fresh, the file pi's cleanup would remove
+    (or None) and the claims on its entries."""
+    age = semantics.queue_age_ms(state, now)
+    fresh = semantics.is_fresh_queue_age(age)
+    expired = not fresh and semantics.is_expired_queue_age(age)
+    # Fresh while the age is at most QUEUE_FRESH_MS, expired once it is past QUEUE_EXPIRY_MS.
+    turns = (state.timestamp_ms + semantics.QUEUE_FRESH_MS + 1, state.timestamp_ms + semantics.QUEUE_EXPIRY_MS + 1)
+    return (
+        state,
+        max((t for t in turns if t <= now), default=-sys.maxsize),
+        min((t for t in turns if t > now), default=sys.maxsize),
+        state.instance_id,
+        fresh,
+        where(QUEUES, key) if expired else None,
+        claims.get(state.instance_id, 0),
+    )
+
+
 class _QueueFigures(NamedTuple):
     summary: semantics.WorkStealingSummary
     steal_work: StealableQueueEntry | None
@@ -612,6 +640,10 @@ class SnapshotBuilder:
         self._alive_memo: tuple[tuple[object, ...], _AliveFigures] | None = None
         self._labels_memo: tuple[list[Labelled], Labels] | None = None
         self._queue_memo: tuple[tuple[int, int], _QueueFigures] | None = None
+        self._views_kept: dict[str, _ViewParts] = {}
+        self._views_shown: tuple[object, ...] | None = None
+        self._queues_kept: dict[str, tuple[BroadcastQueueState, int, int, str, bool, str | None, int]] = {}
+        self._queues_claims: dict[str, int] | None = None
         self._orders: dict[Space, list[str]] = {}
         self._derived: dict[Space, tuple[int, Any]] = {}
         self._caches: dict[Space, RecordCache[Any]] = {
@@ -908,6 +940,122 @@ class SnapshotBuilder:
         self._alive_memo = (memo_key, result)
         return result
 
+    def _instance_views(
+        self,
+        judged: list[Judgment],
+        now: int,
+        index: _Index,
+        shown: tuple[_AliveFigures, Labels, dict[str, StealingStats], dict[str, InstanceParallelism]],
+        doomed: list[str],
+    ) -> tuple[list[InstanceView], dict[Status, int], int, list[ModelParallelismView]]:
+        """Every instance's view at ``now``, its status counted; adds to ``doomed`` the files
+        pi's cleanup would remove.  Returns the views, the counts, how many counted
+        instances no file gives statistics for, and the adjusters' states.
+
+        From one build to the next a view changes only by its heartbeat age and its
+        queue state (rewritten with every heartbeat) unless its judgment changed, or
+        what it shows of the fleet (``shown``: limits, labels, statistics,
+        adjusters): the rest is kept per judgment, as a view with those two blank.
+        """
+        kept = self._views_kept
+        if self._views_shown is None or any(a is not b for a, b in zip(shown, self._views_shown)):
+            kept.clear()
+            self._views_shown = shown
+        elif len(kept) > 2 * len(judged) + 100:
+            kept.clear()  # gone instances
+        queue_by_id = index.queue_by_id
+        new_view = tuple.__new__  # InstanceView from a list of its fields, as its __new__ would make it
+        views = []
+        counts = dict.fromkeys(Status, 0)
+        unrecorded = 0
+        parallelism_views = []
+        for judgment in judged:
+            found = kept.get(judgment.key)
+            if found is None or found[0] is not judgment:
+                found = kept[judgment.key] = self._view_parts(judgment, shown)
+            _, fields, heartbeat_ms, instance_id, gone, unrecorded_one, parallelism = found
+            fields = fields.copy()
+            if heartbeat_ms is not None:
+                fields[_AGE] = now - heartbeat_ms
+            fields[_QUEUE] = queue_by_id.get(instance_id)
+            views.append(new_view(InstanceView, fields))
+            counts[judgment.status] += 1
+            if gone is not None:
+                doomed.append(gone)
+            unrecorded += unrecorded_one
+            if parallelism is not None:
+                parallelism_views.extend(
+                    ModelParallelismView(instance_id, state, now - parallelism.updated_at)
+                    for state in parallelism.models.values()
+                )
+        return views, counts, unrecorded, parallelism_views
+
+    @staticmethod
+    def _view_parts(
+        judgment: Judgment, shown: tuple[_AliveFigures, Labels, dict[str, StealingStats], dict[str, InstanceParallelism]]
+    ) -> _ViewParts:
+        """An instance's view but for its age and queue state (the fields, as a list), its
+        heartbeat and id, the file pi's cleanup would remove (or None), whether it is a
+        counted instance no file gives statistics for, and its adjuster if counted (in-flight
+        counts of dead instances are not shown: their slots died with them)."""
+        alive_figures, labels, stats_by_id, parallelism_by_id = shown
+        entry = judgment.entry
+        info = entry.record if entry is not None else None
+        instance_id = info.instance_id if info is not None else judgment.key
+        counted = judgment.counted
+        parallelism = parallelism_by_id.get(instance_id)
+        stats = stats_by_id.get(instance_id)
+        fields = [
+            judgment.key,
+            info,
+            judgment.status,
+            None,  # the heartbeat's age: put in at each build
+            counted,
+            judgment.liveness,
+            alive_figures.limits.get(instance_id) if counted else None,
+            None,  # the queue state: put in at each build
+            stats,
+            entry.problem if entry is not None else None,
+            parallelism,
+            entry.raw if entry is not None else None,
+            alive_figures.model_limits.get(instance_id, ()) if counted else (),
+            labels[instance_id],
+        ]
+        if info is None:
+            return judgment, fields, None, instance_id, None, False, None
+        if not counted:
+            return judgment, fields, info.heartbeat_ms, instance_id, where(INSTANCES, judgment.key), False, None
+        unrecorded = stats is None and not info.honours_claims
+        return judgment, fields, info.heartbeat_ms, instance_id, None, unrecorded, parallelism
+
+    def _queue_views(self, index: _Index, now: int, doomed: list[str]) -> tuple[list[QueueView], list[BroadcastQueueState]]:
+        """Every queue state's view at ``now``, and the fresh states (in directory order);
+        adds to ``doomed`` the expired ones pi's cleanup would remove.
+
+        Whether a state is fresh or expired is kept per state with the span of
+        ``now`` over which it holds (its age below or past pi's thresholds):
+        each build puts in only the age.
+        """
+        kept = self._queues_kept
+        claims = index.claims_per_owner
+        if claims is not self._queues_claims or len(kept) > 2 * len(index.queues) + 100:
+            kept.clear()
+            self._queues_claims = claims
+        new_view = tuple.__new__  # a QueueView from its fields, as its __new__ would make it
+        views = []
+        fresh_states = []
+        for key, state in index.queues:
+            found = kept.get(key)
+            if found is None or found[0] is not state or not found[1] <= now < found[2]:
+                found = kept[key] = _queue_parts(key, state, now, claims)
+            _, _, _, instance_id, fresh, gone, claimed = found
+            views.append(new_view(QueueView, (instance_id, state, now - state.timestamp_ms, fresh, claimed)))
+            if fresh:
+                fresh_states.append(state)
+            elif gone is not None:
+                doomed.append(gone)
+        return views, fresh_states
+
     def _fresh_queue_figures(self, fresh: list[BroadcastQueueState]) -> _QueueFigures:
         """pi's work-stealing figures over the fresh queue states (in directory order).
 
@@ -986,73 +1134,12 @@ class SnapshotBuilder:
         limits = alive_figures.limits
         model_limits = alive_figures.model_limits
         problems.extend(alive_figures.problems)
-        views = []
-        counts = dict.fromkeys(Status, 0)
-        queue_by_id = index.queue_by_id
-        stats_by_id = index.stats_by_id
-        parallelism_by_id = index.parallelism_by_id
-        parallelism_views = []
-        unrecorded = 0  # counted instances whose stealing statistics no file shows
         doomed = self._unreadable_pi_deletes(now, config)  # what pi's cleanup would remove now
-        for key, entry, status, counted, liveness, *_ in judged:
-            info = entry.record if entry is not None else None
-            counts[status] += 1
-            if info is None:
-                instance_id = key
-                age = None
-            else:
-                instance_id = info.instance_id
-                age = now - info.heartbeat_ms
-                if not counted:
-                    doomed.append(where(INSTANCES, key))
-            stats = stats_by_id.get(instance_id)
-            parallelism = parallelism_by_id.get(instance_id)
-            views.append(
-                InstanceView(
-                    key,
-                    info,
-                    status,
-                    age,
-                    counted,
-                    liveness,
-                    limits.get(instance_id) if counted else None,
-                    queue_by_id.get(instance_id),
-                    stats,
-                    entry.problem if entry is not None else None,
-                    parallelism,
-                    entry.raw if entry is not None else None,
-                    model_limits.get(instance_id, ()) if counted else (),
-                    labels[instance_id],
-                )
-            )
-            if counted:
-                if stats is None and not info.honours_claims:  # type: ignore[union-attr]  # counted: read
-                    unrecorded += 1
-                if parallelism is not None:
-                    # In-flight counts of dead instances are not shown: their slots died with them.
-                    parallelism_views.extend(
-                        ModelParallelismView(instance_id, state, now - parallelism.updated_at)
-                        for state in parallelism.models.values()
-                    )
+        views, counts, unrecorded, parallelism_views = self._instance_views(
+            judged, now, index, (alive_figures, labels, index.stats_by_id, index.parallelism_by_id), doomed
+        )
 
-        queue_views = []
-        fresh_states = []
-        for key, state in index.queues:
-            age = semantics.queue_age_ms(state, now)
-            fresh = semantics.is_fresh_queue_age(age)
-            if fresh:
-                fresh_states.append(state)
-            elif semantics.is_expired_queue_age(age):
-                doomed.append(where(QUEUES, key))
-            queue_views.append(
-                QueueView(
-                    state.instance_id,
-                    state,
-                    age,
-                    fresh,
-                    index.claims_per_owner.get(state.instance_id, 0),
-                )
-            )
+        queue_views, fresh_states = self._queue_views(index, now, doomed)
 
         lock_views = []
         for key, entry in index.locks:
