@@ -565,7 +565,16 @@ class _AliveFigures(NamedTuple):
     ids: tuple[str, ...]
 
 
-_ViewParts = tuple[Judgment, list[Any], int | None, str, str | None, bool, InstanceParallelism | None]
+_ViewParts = tuple[
+    Judgment, list[Any], int | None, str, str | None, bool, InstanceParallelism | None, InstanceWaits | None
+]
+
+
+class _WaitInputs(NamedTuple):
+    backoffs: dict[str, SharedBackoff]
+    rates: dict[str, ProviderRateState]
+    locks_on: dict[str, list[DistributedLock]]
+
 _AGE = InstanceView._fields.index("heartbeat_age_ms")
 _QUEUE = InstanceView._fields.index("queue")
 
@@ -636,7 +645,6 @@ class SnapshotBuilder:
         self._strays: list[Problem] = []
         self._notice: str | None = None
         self._last_index: _Index | None = None
-        self._quiet_waits: dict[str, InstanceWaits] = {}
         self._alive_memo: tuple[tuple[object, ...], _AliveFigures] | None = None
         self._labels_memo: tuple[list[Labelled], Labels] | None = None
         self._queue_memo: tuple[tuple[int, int], _QueueFigures] | None = None
@@ -829,36 +837,17 @@ class SnapshotBuilder:
             )
         return tuple(views)
 
-    def _waits(self, now: int, views: list[InstanceView], locks: list[LockView]) -> dict[str, InstanceWaits]:
-        """Why each counted instance waits (:mod:`core.waits`).
-
-        Most instances of a large fleet have nothing to say (pi's own, no lock on
-        their queue): one unchanging value each, made once, not on every build.
-        """
+    def _wait_inputs(self, index: _Index) -> _WaitInputs:
+        """What :func:`~core.waits.instance_waits` reads besides the instance: the fleet's
+        backoffs and rate limiters, and the locks on each steal resource."""
         backoffs = {f"{b.provider}:{b.model}": b for b in self._caches[BACKOFF].records()}
         rates = {r.provider: r for r in self._caches[RATE_LIMITS].records()}
         locks_on: dict[str, list[DistributedLock]] = {}
-        for view in locks:
-            if view.lock is not None and view.lock.resource.startswith(STEAL_PREFIX):
-                locks_on.setdefault(view.lock.resource, []).append(view.lock)
-        quiet = self._quiet_waits
-        if len(quiet) > 2 * len(views) + 100:
-            quiet.clear()
-        waits = {}
-        for view in views:
-            info = view.info
-            if not view.counted or info is None:
-                continue
-            instance_id = info.instance_id
-            on = locks_on.get(steal_resource(instance_id), ()) if locks_on else ()
-            if view.parallelism is None and info.draining_since is None and not on:
-                found = quiet.get(instance_id)
-                if found is None:
-                    found = quiet[instance_id] = InstanceWaits(instance_id, False)
-            else:
-                found = instance_waits(info, view.parallelism, backoffs, rates, on, now)
-            waits[instance_id] = found
-        return waits
+        for _, entry in index.locks:
+            lock = entry.record
+            if lock is not None and lock.resource.startswith(STEAL_PREFIX):
+                locks_on.setdefault(lock.resource, []).append(lock)
+        return _WaitInputs(backoffs, rates, locks_on)
 
     @staticmethod
     def _instance_model_limits(
@@ -947,15 +936,19 @@ class SnapshotBuilder:
         index: _Index,
         shown: tuple[_AliveFigures, Labels, dict[str, StealingStats], dict[str, InstanceParallelism]],
         doomed: list[str],
-    ) -> tuple[list[InstanceView], dict[Status, int], int, list[ModelParallelismView]]:
+        waiting: _WaitInputs,
+    ) -> tuple[list[InstanceView], dict[Status, int], int, list[ModelParallelismView], dict[str, InstanceWaits]]:
         """Every instance's view at ``now``, its status counted; adds to ``doomed`` the files
         pi's cleanup would remove.  Returns the views, the counts, how many counted
-        instances no file gives statistics for, and the adjusters' states.
+        instances no file gives statistics for, the adjusters' states, and why each
+        counted instance waits (:mod:`core.waits`).
 
         From one build to the next a view changes only by its heartbeat age and its
         queue state (rewritten with every heartbeat) unless its judgment changed, or
         what it shows of the fleet (``shown``: limits, labels, statistics,
         adjusters): the rest is kept per judgment, as a view with those two blank.
+        Most instances of a large fleet have nothing to say about waiting (pi's
+        own, no lock on their queue): their one unchanging answer is kept with it.
         """
         kept = self._views_kept
         if self._views_shown is None or any(a is not b for a, b in zip(shown, self._views_shown)):
@@ -969,11 +962,13 @@ class SnapshotBuilder:
         counts = dict.fromkeys(Status, 0)
         unrecorded = 0
         parallelism_views = []
+        waits = {}
+        backoffs, rates, locks_on = waiting
         for judgment in judged:
             found = kept.get(judgment.key)
             if found is None or found[0] is not judgment:
                 found = kept[judgment.key] = self._view_parts(judgment, shown)
-            _, fields, heartbeat_ms, instance_id, gone, unrecorded_one, parallelism = found
+            _, fields, heartbeat_ms, instance_id, gone, unrecorded_one, parallelism, quiet = found
             fields = fields.copy()
             if heartbeat_ms is not None:
                 fields[_AGE] = now - heartbeat_ms
@@ -982,13 +977,20 @@ class SnapshotBuilder:
             counts[judgment.status] += 1
             if gone is not None:
                 doomed.append(gone)
+            if not judgment.counted:
+                continue
             unrecorded += unrecorded_one
             if parallelism is not None:
                 parallelism_views.extend(
                     ModelParallelismView(instance_id, state, now - parallelism.updated_at)
                     for state in parallelism.models.values()
                 )
-        return views, counts, unrecorded, parallelism_views
+            on = locks_on.get(steal_resource(instance_id), ()) if locks_on else ()
+            if quiet is None or on:
+                info = judgment.entry.record  # type: ignore[union-attr]  # counted: read
+                quiet = instance_waits(info, parallelism, backoffs, rates, on, now)  # type: ignore[arg-type]
+            waits[instance_id] = quiet
+        return views, counts, unrecorded, parallelism_views, waits
 
     @staticmethod
     def _view_parts(
@@ -997,7 +999,8 @@ class SnapshotBuilder:
         """An instance's view but for its age and queue state (the fields, as a list), its
         heartbeat and id, the file pi's cleanup would remove (or None), whether it is a
         counted instance no file gives statistics for, and its adjuster if counted (in-flight
-        counts of dead instances are not shown: their slots died with them)."""
+        counts of dead instances are not shown: their slots died with them) and, if
+        nothing can hold it back, why it waits (it does not: pi's own record no waits)."""
         alive_figures, labels, stats_by_id, parallelism_by_id = shown
         entry = judgment.entry
         info = entry.record if entry is not None else None
@@ -1022,11 +1025,12 @@ class SnapshotBuilder:
             labels[instance_id],
         ]
         if info is None:
-            return judgment, fields, None, instance_id, None, False, None
+            return judgment, fields, None, instance_id, None, False, None, None
         if not counted:
-            return judgment, fields, info.heartbeat_ms, instance_id, where(INSTANCES, judgment.key), False, None
+            return judgment, fields, info.heartbeat_ms, instance_id, where(INSTANCES, judgment.key), False, None, None
         unrecorded = stats is None and not info.honours_claims
-        return judgment, fields, info.heartbeat_ms, instance_id, None, unrecorded, parallelism
+        quiet = InstanceWaits(instance_id, False) if parallelism is None and info.draining_since is None else None
+        return judgment, fields, info.heartbeat_ms, instance_id, None, unrecorded, parallelism, quiet
 
     def _queue_views(self, index: _Index, now: int, doomed: list[str]) -> tuple[list[QueueView], list[BroadcastQueueState]]:
         """Every queue state's view at ``now``, and the fresh states (in directory order);
@@ -1135,8 +1139,13 @@ class SnapshotBuilder:
         model_limits = alive_figures.model_limits
         problems.extend(alive_figures.problems)
         doomed = self._unreadable_pi_deletes(now, config)  # what pi's cleanup would remove now
-        views, counts, unrecorded, parallelism_views = self._instance_views(
-            judged, now, index, (alive_figures, labels, index.stats_by_id, index.parallelism_by_id), doomed
+        views, counts, unrecorded, parallelism_views, waits = self._instance_views(
+            judged,
+            now,
+            index,
+            (alive_figures, labels, index.stats_by_id, index.parallelism_by_id),
+            doomed,
+            self._wait_inputs(index),
         )
 
         queue_views, fresh_states = self._queue_views(index, now, doomed)
@@ -1189,7 +1198,7 @@ class SnapshotBuilder:
                 Problem("corrupt", "pi-dash/events", f"{self._unreadable_events} unreadable event line(s) skipped")
             )
         return FleetSnapshot(
-            waits=self._waits(now, views, lock_views),
+            waits=waits,
             controls=control_views,
             parallelism=tuple(parallelism_views),
             backoffs=self._backoff_views(now, alive_records),

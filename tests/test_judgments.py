@@ -15,10 +15,20 @@ from hypothesis import strategies as st
 
 import core.procs
 from core.clock import ManualClock, utc_from_ms
-from core.models import ActiveModelInfo, BroadcastQueueState, InstanceInfo
+from core.locks import lock_key
+from core.models import (
+    ActiveModelInfo,
+    BroadcastQueueState,
+    DistributedLock,
+    InstanceInfo,
+    InstanceParallelism,
+    ModelParallelism,
+    StealingStats,
+)
 from core.procs import Liveness, LivenessCache
 from core.snapshot import FleetSnapshot, SnapshotBuilder, Status
-from core.store import INSTANCES, QUEUES, DirectoryStore, Space
+from core.stealing import steal_resource
+from core.store import INSTANCES, LOCKS, PARALLELISM, QUEUES, STEALING_STATS, DirectoryStore, Space
 
 KEYS = [f"inst-{n}" for n in range(5)]
 PIDS = [4_001, 4_002, 4_003]
@@ -44,6 +54,9 @@ ops = st.lists(
         st.tuples(st.just("remove"), st.sampled_from(KEYS)),
         st.tuples(st.just("corrupt"), st.sampled_from(KEYS)),
         st.tuples(st.just("queue"), st.sampled_from(KEYS), st.integers(0, 4)),
+        st.tuples(st.just("stats"), st.sampled_from(KEYS), st.integers(0, 3)),
+        st.tuples(st.just("adjuster"), st.sampled_from(KEYS), st.integers(1, 4)),
+        st.tuples(st.just("steal lock"), st.sampled_from(KEYS), st.integers(-40_000, 40_000)),
         st.tuples(st.just("advance"), st.one_of(st.sampled_from([1, 999, 1_000, 2_000, 15_000, 30_000, -1_000, -5_000]), st.integers(-3_000, 70_000))),
         st.tuples(st.just("kill"), st.sampled_from(PIDS)),
         st.tuples(st.just("config"), st.sampled_from(range(len(CONFIGS)))),
@@ -54,7 +67,9 @@ ops = st.lists(
 
 
 class World:
-    """A directory, a clock and a process table that the steps change."""
+    """A directory, a clock and a process table that the steps change (instance files,
+    and the records of others that an instance's view shows: its queue state, stealing
+    statistics, adjuster and the lock on its queue)."""
 
     def __init__(self, root: Path) -> None:
         self.root = root
@@ -106,6 +121,31 @@ class World:
             state = BroadcastQueueState(instance_id=key, timestamp=utc_from_ms(now), pending_task_count=pending)
             self.put(QUEUES, key, state.to_json())
             return {QUEUES: [key]}
+        elif kind == "stats":
+            key, attempts = args
+            self.put(STEALING_STATS, key, StealingStats(instance_id=key, total_attempts=attempts).to_json())
+            return {STEALING_STATS: [key]}
+        elif kind == "adjuster":
+            key, limit = args
+            model = ModelParallelism(
+                provider="openai",
+                model="gpt-4o",
+                base_parallelism=limit,
+                current_parallelism=limit,
+                min_parallelism=1,
+                max_parallelism=4,
+                effective_parallelism=limit,
+                active_requests=1,
+            )
+            adjuster = InstanceParallelism(instance_id=key, updated_at=now, models={"openai:gpt-4o": model})
+            self.put(PARALLELISM, key, adjuster.to_json())
+            return {PARALLELISM: [key]}
+        elif kind == "steal lock":
+            key, expires = args
+            resource = steal_resource(key)
+            lock = DistributedLock(lock_id=key, acquired_at=now - 1_000, expires_at=now + expires, resource=resource)
+            self.put(LOCKS, lock_key(resource), lock.to_json())
+            return {LOCKS: [lock_key(resource)]}
         elif kind == "advance":
             self.clock.advance(args[0])
         elif kind == "kill":
@@ -150,10 +190,11 @@ def test_reused_judgments_equal_judging_from_scratch(
 def assert_same(kept: FleetSnapshot, fresh: FleetSnapshot) -> None:
     assert kept.instances == fresh.instances
     assert kept.figures == fresh.figures
-    # The store's caches list unreadable files in the order they were seen, a fresh one in
-    # the directory's: problems come in no particular order (FleetSnapshot).
+    # The store's caches list unreadable files and locks in the order they were seen, a
+    # fresh one in the directory's: these come in no particular order (FleetSnapshot).
     assert sorted(kept.problems, key=str) == sorted(fresh.problems, key=str)
-    assert replace(kept, problems=()) == replace(fresh, problems=())
+    assert sorted(kept.locks, key=lambda v: v.key) == sorted(fresh.locks, key=lambda v: v.key)
+    assert replace(kept, problems=(), locks=()) == replace(fresh, problems=(), locks=())
 
 
 def test_a_dead_pid_is_seen_once_its_answer_expires(
