@@ -15,6 +15,7 @@ shows (``tests/test_judgments.py`` compares it with judging from scratch).
 from __future__ import annotations
 
 import sys
+from collections.abc import Iterable
 from dataclasses import dataclass
 from enum import Enum
 from typing import NamedTuple
@@ -69,6 +70,19 @@ class Judgment(NamedTuple):
     until_ms: int
     labelled: Labelled  # what its label is made of
     figures_key: tuple[object, ...] | None  # what the fleet's figures read of it (counted ones only)
+
+
+def span(turns: Iterable[int], now: int) -> tuple[int, int]:
+    """The span ``[since, until)`` around ``now`` that none of the instants ``turns``
+    (where some verdict turns) falls inside: what held at ``now`` holds all over it."""
+    since, until = _ALWAYS, _NEVER
+    for turn in turns:
+        if turn <= now:
+            if turn > since:
+                since = turn
+        elif turn < until:
+            until = turn
+    return since, until
 
 
 def offline(instance_id: str) -> Judgment:
@@ -165,8 +179,7 @@ class Judge:
             counted,
             liveness,
             tuple(problems),
-            max((t for t in turns if t <= now), default=_ALWAYS),
-            min((t for t in turns if t > now), default=_NEVER),
+            *span(turns, now),
             Labelled(info.instance_id, info.instance_name, info.pid),
             figures_key(info) if counted else None,
         )

@@ -10,7 +10,6 @@ arithmetic the instances use (:mod:`core.semantics`).
 from __future__ import annotations
 
 import json
-import sys
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -41,7 +40,7 @@ from .models import (
     StealClaim,
     StealingStats,
 )
-from .judgments import CLOCK_SKEW_TOLERANCE_MS, Judge, Judgment, Problem, Status, offline, where
+from .judgments import CLOCK_SKEW_TOLERANCE_MS, Judge, Judgment, Problem, Status, offline, span, where
 from .procs import Liveness, LivenessCache
 from .semantics import uses_model
 from .stealing import STEAL_PREFIX, claim_pair, steal_resource
@@ -592,8 +591,7 @@ def _queue_parts(
     turns = (state.timestamp_ms + semantics.QUEUE_FRESH_MS + 1, state.timestamp_ms + semantics.QUEUE_EXPIRY_MS + 1)
     return (
         state,
-        max((t for t in turns if t <= now), default=-sys.maxsize),
-        min((t for t in turns if t > now), default=sys.maxsize),
+        *span(turns, now),
         state.instance_id,
         fresh,
         where(QUEUES, key) if expired else None,
