@@ -135,6 +135,7 @@ class Cell:
 
 Row = tuple[Cell, ...]
 
+
 def by_value(cell: Any) -> tuple[int, Any]:
     """The sort key of a cell: its sort value, numbers before tuples before text, so a
     column whose rows mix kinds (a record shown as unreadable, say) still sorts."""

@@ -44,7 +44,7 @@ from .conftest import (
 
 pytestmark = pytest.mark.anyio
 BIG = 5_000
-FIRST_FRAME_RATIO = 3.0  # CPU over the snapshot's and Textual's floor's; 2026-12-03: 1.8-2.2x, with a Text per cell 3.5-3.8x
+FIRST_FRAME_RATIO = 3.0  # CPU over the snapshot's and Textual's floor's; 2026-12-03: 1.9-2.4x, with a Text per cell 3.5-3.8x
 
 
 def record_builds(app: PiDashApp) -> list[SourceState]:
