@@ -110,8 +110,11 @@ class Judge:
         self._thresholds: tuple[int, int] | None = None
         self._dead_pid_problems: dict[tuple[str, int], Problem] = {}
 
-    def judge_all(self, instances: list[tuple[str, Loaded[InstanceInfo]]], now: int, config: CoordinatorConfig) -> list[Judgment]:
-        """Every instance's judgment at ``now``, in the order given."""
+    def judge_all(
+        self, instances: list[tuple[str, Loaded[InstanceInfo]]], now: int, config: CoordinatorConfig, keep: bool = True
+    ) -> list[Judgment]:
+        """Every instance's judgment at ``now``, in the order given; kept for later
+        calls unless ``keep`` is false (a caller that will not call again)."""
         thresholds = (config.heartbeat_timeout_ms, 2 * config.heartbeat_interval_ms)
         kept = self._kept
         if thresholds != self._thresholds or len(kept) > len(instances):
@@ -122,7 +125,9 @@ class Judge:
         for key, entry in instances:
             found = kept.get(key)
             if found is None or found.entry is not entry or not found.since_ms <= now < found.until_ms:
-                found = kept[key] = self._judge(key, entry, now, timeout, stale_after)
+                found = self._judge(key, entry, now, timeout, stale_after)
+                if keep:
+                    kept[key] = found
             judged.append(found)
         return judged
 

@@ -60,6 +60,7 @@ from .store import (
     Store,
     StoreError,
 )
+from .store.records import cyclic_gc_paused
 from .waits import InstanceWaits, instance_waits
 
 T = TypeVar("T")
@@ -648,6 +649,7 @@ class SnapshotBuilder:
         self._queue_memo: tuple[tuple[int, int], _QueueFigures] | None = None
         self._views_kept: dict[str, _ViewParts] = {}
         self._views_shown: tuple[object, ...] | None = None
+        self._built = False
         self._queues_kept: dict[str, tuple[BroadcastQueueState, int, int, str, bool, str | None, int]] = {}
         self._queues_claims: dict[str, int] | None = None
         self._orders: dict[Space, list[str]] = {}
@@ -692,7 +694,8 @@ class SnapshotBuilder:
             ] + [Problem("unreadable", path, reason) for path, reason in self.store.event_log_problems()]
         self._tail_events()
         config, config_problems = load_config(self.store, self._config_overrides, self._env)
-        return self._compose(self.clock.now_ms(), config, config_problems)
+        with cyclic_gc_paused():
+            return self._compose(self.clock.now_ms(), config, config_problems)
 
     def _tail_events(self) -> None:
         """Read what was appended to the event log since the last build."""
@@ -935,6 +938,7 @@ class SnapshotBuilder:
         shown: tuple[_AliveFigures, Labels, dict[str, StealingStats], dict[str, InstanceParallelism]],
         doomed: list[str],
         waiting: _WaitInputs,
+        keep: bool,
     ) -> tuple[list[InstanceView], dict[Status, int], int, list[ModelParallelismView], dict[str, InstanceWaits]]:
         """Every instance's view at ``now``, its status counted; adds to ``doomed`` the files
         pi's cleanup would remove.  Returns the views, the counts, how many counted
@@ -947,6 +951,7 @@ class SnapshotBuilder:
         adjusters): the rest is kept per judgment, as a view with those two blank.
         Most instances of a large fleet have nothing to say about waiting (pi's
         own, no lock on their queue): their one unchanging answer is kept with it.
+        Nothing is kept unless ``keep``.
         """
         kept = self._views_kept
         if self._views_shown is None or any(a is not b for a, b in zip(shown, self._views_shown)):
@@ -965,7 +970,9 @@ class SnapshotBuilder:
         for judgment in judged:
             found = kept.get(judgment.key)
             if found is None or found[0] is not judgment:
-                found = kept[judgment.key] = self._view_parts(judgment, shown)
+                found = self._view_parts(judgment, shown)
+                if keep:
+                    kept[judgment.key] = found
             _, fields, heartbeat_ms, instance_id, gone, unrecorded_one, parallelism, quiet = found
             fields = fields.copy()
             if heartbeat_ms is not None:
@@ -1030,7 +1037,9 @@ class SnapshotBuilder:
         quiet = InstanceWaits(instance_id, False) if parallelism is None and info.draining_since is None else None
         return judgment, fields, info.heartbeat_ms, instance_id, None, unrecorded, parallelism, quiet
 
-    def _queue_views(self, index: _Index, now: int, doomed: list[str]) -> tuple[list[QueueView], list[BroadcastQueueState]]:
+    def _queue_views(
+        self, index: _Index, now: int, doomed: list[str], keep: bool
+    ) -> tuple[list[QueueView], list[BroadcastQueueState]]:
         """Every queue state's view at ``now``, and the fresh states (in directory order);
         adds to ``doomed`` the expired ones pi's cleanup would remove.
 
@@ -1049,7 +1058,9 @@ class SnapshotBuilder:
         for key, state in index.queues:
             found = kept.get(key)
             if found is None or found[0] is not state or not found[1] <= now < found[2]:
-                found = kept[key] = _queue_parts(key, state, now, claims)
+                found = _queue_parts(key, state, now, claims)
+                if keep:
+                    kept[key] = found
             _, _, _, instance_id, fresh, gone, claimed = found
             views.append(new_view(QueueView, (instance_id, state, now - state.timestamp_ms, fresh, claimed)))
             if fresh:
@@ -1107,7 +1118,10 @@ class SnapshotBuilder:
         problems.extend(self._strays)
         problems.extend(self._skewed_deadlines(now))
 
-        judged = self._judge.judge_all(index.instances, now, config)
+        # A builder's first build (all `pi-dash status` makes) keeps nothing for the next.
+        keep = self._built
+        self._built = True
+        judged = self._judge.judge_all(index.instances, now, config, keep)
         alive_records: list[InstanceInfo] = []
         alive_keys: list[object] = []
         for judgment in judged:
@@ -1144,9 +1158,10 @@ class SnapshotBuilder:
             (alive_figures, labels, index.stats_by_id, index.parallelism_by_id),
             doomed,
             self._wait_inputs(index),
+            keep,
         )
 
-        queue_views, fresh_states = self._queue_views(index, now, doomed)
+        queue_views, fresh_states = self._queue_views(index, now, doomed, keep)
 
         lock_views = []
         for key, entry in index.locks:
